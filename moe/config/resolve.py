@@ -1,0 +1,266 @@
+"""The one resolve step: recipe (what) + ds_config JSON (how) + world size -> one validated config.
+
+Rules:
+- Each mirrored setting (micro-batch, accumulation, clipping, precision, optimizer fields) may be set in the
+  recipe or in the ds_config. Set in both and different is an error naming both places; set in neither
+  takes the default below. The resolved ds_config holds the final value.
+- The LR schedule and train_batch_size are derived from the recipe and world size; a ds_config that sets
+  them differently is an error.
+- Every combination that cannot work fails here, before any rank spawns or any file is written.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from moe.config.loader import ConfigError, apply_override, to_dict
+from moe.config.schema import Recipe
+
+# (recipe field, ds_config key path, default when neither sets it)
+MIRRORED = [
+    ("train.micro_batch_size", "train_micro_batch_size_per_gpu", 8),
+    ("train.grad_accum", "gradient_accumulation_steps", 1),
+    ("train.grad_clip", "gradient_clipping", 1.0),
+    ("optim.type", "optimizer.type", "AdamW"),
+    ("optim.lr", "optimizer.params.lr", 3e-4),
+    ("optim.betas", "optimizer.params.betas", [0.9, 0.95]),
+    ("optim.eps", "optimizer.params.eps", 1e-8),
+    ("optim.weight_decay", "optimizer.params.weight_decay", 0.1),
+]
+PRECISIONS = ("fp32", "bf16", "fp16")
+NOISY_GATE_POLICIES = (None, "Jitter", "RSample")
+DATA_SOURCES = ("stdlib", "hf", "files")
+
+
+@dataclass
+class Resolved:
+    recipe: Recipe
+    ds_config: dict
+    world_size: int
+    ds_config_path: str
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.recipe.logging.runs_dir) / self.recipe.logging.run_name
+
+    @property
+    def dp_size(self) -> int:  # every rank sees different data; EP groups sit inside DP (DeepSpeed-MoE)
+        return self.world_size
+
+    @property
+    def precision(self) -> str:
+        return self.recipe.train.precision
+
+    @property
+    def global_batch_tokens(self) -> int:
+        return self.ds_config["train_batch_size"] * self.recipe.data.seq_len
+
+    def as_dict(self) -> dict:
+        return {"recipe": to_dict(self.recipe), "ds_config": self.ds_config, "world_size": self.world_size}
+
+
+def load_ds_config(path: str | Path, overrides: list[str] = ()) -> dict:
+    """Read a ds_config JSON; `ds.key.sub=value` overrides (with the `ds.` prefix stripped) apply on top."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"ds_config not found: {path}")
+    try:
+        config = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{path} is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
+    if not isinstance(config, dict):
+        raise ConfigError(f"{path}: a ds_config must be a JSON object")
+    for item in overrides:
+        apply_override(config, item)
+    return config
+
+
+def split_overrides(items: list[str]) -> tuple[list[str], list[str]]:
+    """Dotted overrides: `ds.x=1` goes to the ds_config, everything else to the recipe."""
+    ds = [i[len("ds."):] for i in items if i.startswith("ds.")]
+    return [i for i in items if not i.startswith("ds.")], ds
+
+
+def resolve(recipe: Recipe, ds_config: dict, world_size: int, ds_config_path: str = "ds_config",
+            cuda: bool = False) -> Resolved:
+    recipe = copy.deepcopy(recipe)
+    ds = copy.deepcopy(ds_config)
+    where = ds_config_path
+    _merge_mirrors(recipe, ds, where)
+    _merge_precision(recipe, ds, where, cuda)
+    _validate_model(recipe)
+    _validate_moe(recipe, ds, world_size, where)
+    _validate_data(recipe)
+    _validate_train(recipe)
+
+    t = recipe.train
+    train_batch = t.micro_batch_size * t.grad_accum * world_size
+    if "train_batch_size" in ds and ds["train_batch_size"] != train_batch:
+        raise ConfigError(f"{where}: train_batch_size={ds['train_batch_size']} but micro-batch {t.micro_batch_size} x "
+                          f"accumulation {t.grad_accum} x {world_size} ranks = {train_batch}; remove it or make them agree")
+    ds["train_batch_size"] = train_batch
+
+    schedule = {"type": "WarmupCosineLR", "params": {
+        "total_num_steps": t.max_steps, "warmup_num_steps": t.warmup_steps, "warmup_min_ratio": 0.0,
+        "warmup_type": "linear", "cos_min_ratio": t.min_lr_ratio}}
+    if "scheduler" in ds and ds["scheduler"] != schedule:
+        raise ConfigError(f"{where}: the LR schedule belongs to the recipe (train.max_steps, train.warmup_steps, "
+                          f"train.min_lr_ratio); remove the 'scheduler' section")
+    ds["scheduler"] = schedule
+    # torch's AdamW on CPU avoids JIT-building DeepSpeed's CPU FusedAdam; GPUs keep FusedAdam.
+    ds["optimizer"]["params"].setdefault("torch_adam", not cuda)
+    ds.setdefault("steps_per_print", 10**9)
+    return Resolved(recipe, ds, world_size, str(ds_config_path))
+
+
+def _get(tree: dict, dotted: str) -> Any:
+    node: Any = tree
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def _set(tree: Any, dotted: str, value: Any) -> None:
+    *parents, last = dotted.split(".")
+    for part in parents:
+        tree = tree.setdefault(part, {}) if isinstance(tree, dict) else getattr(tree, part)
+    if isinstance(tree, dict):
+        tree[last] = value
+    else:
+        setattr(tree, last, value)
+
+
+def _merge_mirrors(recipe: Recipe, ds: dict, where: str) -> None:
+    for recipe_key, ds_key, default in MIRRORED:
+        section, name = recipe_key.split(".")
+        mine = getattr(getattr(recipe, section), name)
+        theirs = _get(ds, ds_key)
+        if mine is not None and theirs is not None and not _same(mine, theirs):
+            raise ConfigError(f"{recipe_key}={mine} in the recipe disagrees with {ds_key}={theirs} in {where}; "
+                              f"set it in one place")
+        value = mine if mine is not None else theirs if theirs is not None else default
+        setattr(getattr(recipe, section), name, value)
+        _set(ds, ds_key, value)
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        return float(a) == float(b)
+    return a == b
+
+
+def _merge_precision(recipe: Recipe, ds: dict, where: str, cuda: bool) -> None:
+    bf16 = bool(_get(ds, "bf16.enabled"))
+    fp16 = bool(_get(ds, "fp16.enabled"))
+    if bf16 and fp16:
+        raise ConfigError(f"{where} enables both bf16 and fp16; pick one")
+    theirs = "bf16" if bf16 else "fp16" if fp16 else ("fp32" if "bf16" in ds or "fp16" in ds else None)
+    mine = recipe.train.precision
+    if mine is not None and mine not in PRECISIONS:
+        raise ConfigError(f"train.precision must be one of {', '.join(PRECISIONS)}, got {mine!r}")
+    if mine is not None and theirs is not None and mine != theirs:
+        raise ConfigError(f"train.precision={mine} in the recipe disagrees with {where} ({theirs}); set it in one place")
+    precision = mine or theirs or "fp32"
+    if precision == "fp16" and not cuda:
+        raise ConfigError("fp16 needs a CUDA GPU (DeepSpeed's CPU accelerator has no fp16); use bf16 or fp32 on CPU")
+    recipe.train.precision = precision
+    ds.setdefault("bf16", {})["enabled"] = precision == "bf16"
+    ds.setdefault("fp16", {})["enabled"] = precision == "fp16"
+
+
+def _validate_model(recipe: Recipe) -> None:
+    m = recipe.model
+    if m.d_model % m.n_heads:
+        raise ConfigError(f"model.d_model={m.d_model} is not divisible by model.n_heads={m.n_heads}")
+    if (m.d_model // m.n_heads) % 2:
+        raise ConfigError(f"head size {m.d_model // m.n_heads} must be even for rotary embeddings")
+    kv = m.n_kv_heads or m.n_heads
+    if m.n_heads % kv:
+        raise ConfigError(f"model.n_heads={m.n_heads} is not divisible by model.n_kv_heads={kv}")
+    for name in ("d_model", "n_layers", "n_heads", "max_seq_len"):
+        if getattr(m, name) < 1:
+            raise ConfigError(f"model.{name} must be positive, got {getattr(m, name)}")
+
+
+def _validate_moe(recipe: Recipe, ds: dict, world_size: int, where: str) -> None:
+    moe = recipe.moe
+    if not moe.enabled:
+        return
+    if moe.num_experts < 1 or not 1 <= moe.top_k <= moe.num_experts:
+        raise ConfigError(f"moe.top_k={moe.top_k} must be between 1 and moe.num_experts={moe.num_experts}")
+    if moe.ep_size < 1 or moe.num_experts % moe.ep_size:
+        raise ConfigError(f"moe.num_experts={moe.num_experts} is not divisible by moe.ep_size={moe.ep_size}")
+    if world_size % moe.ep_size:
+        raise ConfigError(f"world size {world_size} is not divisible by moe.ep_size={moe.ep_size}; "
+                          f"launch a multiple of {moe.ep_size} ranks or lower moe.ep_size")
+    if moe.interval < 1 or moe.interval > recipe.model.n_layers:
+        raise ConfigError(f"moe.interval={moe.interval} must be between 1 and model.n_layers={recipe.model.n_layers}")
+    if moe.noisy_gate_policy not in NOISY_GATE_POLICIES:
+        raise ConfigError(f"moe.noisy_gate_policy must be null, Jitter or RSample, got {moe.noisy_gate_policy!r}")
+    if moe.capacity_factor <= 0 or moe.eval_capacity_factor <= 0:
+        raise ConfigError("moe.capacity_factor and moe.eval_capacity_factor must be positive")
+    stage = _get(ds, "zero_optimization.stage") or 0
+    if stage == 3:
+        raise ConfigError(f"{where}: DeepSpeed refuses native MoE (deepspeed.moe.layer.MoE) under ZeRO-3; "
+                          f"use ds_configs/zero2.json (ZeRO 0/1/2), or moe.enabled=false for a dense model")
+
+
+def _validate_data(recipe: Recipe) -> None:
+    d = recipe.data
+    if d.source not in DATA_SOURCES:
+        raise ConfigError(f"data.source must be one of {', '.join(DATA_SOURCES)}, got {d.source!r}")
+    if d.seq_len > recipe.model.max_seq_len:
+        raise ConfigError(f"data.seq_len={d.seq_len} exceeds model.max_seq_len={recipe.model.max_seq_len}")
+    if not 0 < d.val_fraction < 1:
+        raise ConfigError(f"data.val_fraction must be between 0 and 1, got {d.val_fraction}")
+    if d.source == "files":
+        if not d.files:
+            raise ConfigError("data.source=files needs data.files: a list of .txt/.jsonl/.json/.parquet paths")
+        for f in d.files:
+            if not Path(f).expanduser().exists():
+                raise ConfigError(f"dataset file not found: {f} (data.files)")
+    if d.source == "hf":
+        if not d.name:
+            raise ConfigError("data.source=hf needs data.name: a datasets name or a local dataset folder")
+        if _looks_like_path(d.name) and not Path(d.name).expanduser().exists():
+            raise ConfigError(f"dataset path not found: {d.name} (data.name)")
+    if d.tokenizer != "bpe" and _looks_like_path(d.tokenizer) and not Path(d.tokenizer).expanduser().exists():
+        raise ConfigError(f"tokenizer path not found: {d.tokenizer} (data.tokenizer)")
+
+
+def _looks_like_path(name: str) -> bool:
+    return name.startswith(("/", "./", "../", "~")) or Path(name).suffix in (".json", ".jsonl", ".txt", ".parquet")
+
+
+def _validate_train(recipe: Recipe) -> None:
+    t = recipe.train
+    if t.max_steps < 1:
+        raise ConfigError(f"train.max_steps must be positive, got {t.max_steps}")
+    if not 0 <= t.warmup_steps < t.max_steps:
+        raise ConfigError(f"train.warmup_steps={t.warmup_steps} must be below train.max_steps={t.max_steps}")
+    for name in ("micro_batch_size", "grad_accum"):
+        if getattr(t, name) < 1:
+            raise ConfigError(f"train.{name} must be positive, got {getattr(t, name)}")
+
+
+def write_run_folder(resolved: Resolved) -> Path:
+    """Write the resolved recipe and ds_config into runs/<run_name>/ (rank 0 only, after validation)."""
+    run_dir = resolved.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "recipe.yaml").write_text(yaml.safe_dump(to_dict(resolved.recipe), sort_keys=False))
+    (run_dir / "ds_config.json").write_text(json.dumps(resolved.ds_config, indent=2) + "\n")
+    return run_dir
+
+
+def recipe_fields_equal(a: Recipe, b: Recipe, section: str) -> bool:
+    return dataclasses.asdict(getattr(a, section)) == dataclasses.asdict(getattr(b, section))

@@ -1,0 +1,109 @@
+"""The recipe: typed dataclasses that say *what* to train.
+
+A recipe YAML maps one to one onto `Recipe`. Fields left as `None` are "mirrored" settings that the
+ds_config JSON may own instead (micro-batch, accumulation, clipping, precision, optimizer); the
+resolve step (`moe.config.resolve`) fills them from whichever side sets them and refuses a disagreement.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+
+@dataclass
+class ModelConfig:
+    """Decoder-only transformer shape."""
+    d_model: int = 256
+    n_layers: int = 4
+    n_heads: int = 4
+    n_kv_heads: Optional[int] = None  # grouped-query attention; None = n_heads
+    d_ff: Optional[int] = None  # SwiGLU hidden size; None = 8/3 * d_model rounded up to a multiple of 64
+    max_seq_len: int = 256
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-5
+    init_std: float = 0.02
+    tie_embeddings: bool = False
+    vocab_size: Optional[int] = None  # None = the tokenizer's size
+
+
+@dataclass
+class MoEConfig:
+    """Mixture-of-Experts settings; `enabled: false` gives the dense baseline of the same recipe."""
+    enabled: bool = True
+    num_experts: int = 4
+    top_k: int = 2
+    interval: int = 2  # every Nth MLP is a MoE layer (layers N-1, 2N-1, ...)
+    expert_d_ff: Optional[int] = None  # None = model.d_ff
+    ep_size: int = 1  # expert-parallel size; must divide num_experts and the world size
+    capacity_factor: float = 1.0
+    eval_capacity_factor: float = 1.0
+    min_capacity: int = 4
+    drop_tokens: bool = True  # false = dropless (capacity grows to the busiest expert)
+    use_rts: bool = True  # random token selection when dropping (DeepSpeed-MoE)
+    noisy_gate_policy: Optional[str] = None  # None | Jitter | RSample
+    use_residual: bool = False  # Residual-MoE: a dense MLP beside the experts
+    top2_2nd_expert_sampling: bool = True
+    aux_loss_coef: float = 0.01
+
+
+@dataclass
+class DataConfig:
+    """Where the text comes from and how it becomes fixed-length token blocks."""
+    source: str = "stdlib"  # stdlib | hf | files
+    name: Optional[str] = None  # source=hf: a `datasets` name or a local dataset folder
+    config_name: Optional[str] = None  # source=hf: the dataset's config
+    files: list[str] = field(default_factory=list)  # source=files: .txt/.jsonl/.json/.parquet paths
+    text_field: str = "text"
+    seq_len: int = 256
+    val_fraction: float = 0.02  # documents routed to validation by a hash of their id
+    tokenizer: str = "bpe"  # "bpe" = train a byte-level BPE on the corpus; else an AutoTokenizer path
+    vocab_size: int = 8192  # for tokenizer=bpe
+    max_documents: Optional[int] = None  # cap the corpus (tests, smoke runs)
+    cache_dir: Optional[str] = None  # None = $MOE_CACHE or ~/.cache/moe-recipes
+    num_proc: int = 1
+
+
+@dataclass
+class OptimConfig:
+    """Optimizer; each field may be set here or in the ds_config "optimizer" section, not both differently."""
+    type: Optional[str] = None  # default AdamW
+    lr: Optional[float] = None  # default 3e-4
+    betas: Optional[list[float]] = None  # default [0.9, 0.95]
+    eps: Optional[float] = None  # default 1e-8
+    weight_decay: Optional[float] = None  # default 0.1 (never on norms, biases or the router)
+
+
+@dataclass
+class TrainConfig:
+    max_steps: int = 200
+    warmup_steps: int = 20
+    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
+    seed: int = 1234
+    micro_batch_size: Optional[int] = None  # mirrors train_micro_batch_size_per_gpu
+    grad_accum: Optional[int] = None  # mirrors gradient_accumulation_steps
+    grad_clip: Optional[float] = None  # mirrors gradient_clipping
+    precision: Optional[str] = None  # fp32 | bf16 | fp16; mirrors the bf16/fp16 sections
+    eval_interval: int = 50  # steps between validation passes (0 = only at the end)
+    eval_batches: int = 8  # micro-batches per rank per validation pass
+    save_interval: int = 0  # steps between checkpoints (0 = only at the end)
+    log_interval: int = 1
+
+
+@dataclass
+class LoggingConfig:
+    run_name: str = "default"
+    runs_dir: str = "runs"
+    wandb: bool = True  # offline unless WANDB_MODE or a W&B key says otherwise
+    wandb_project: str = "moe-recipes"
+    wandb_group: Optional[str] = None
+    progress_bar: bool = True
+
+
+@dataclass
+class Recipe:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    moe: MoEConfig = field(default_factory=MoEConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)

@@ -1,0 +1,102 @@
+"""MoE GPT: a decoder-only transformer (RMSNorm, RoPE, SDPA attention, SwiGLU) whose every Nth MLP is MoE.
+
+It is a `transformers.PreTrainedModel`, so `save_pretrained`, `from_pretrained` and `generate` work.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import GenerationMixin, PreTrainedModel
+from transformers.modeling_outputs import CausalLMOutput
+
+from moe.model.configuration import MoEGPTConfig
+from moe.model.layers import CausalSelfAttention, RotaryEmbedding, SwiGLU
+
+
+class Block(nn.Module):
+    def __init__(self, config: MoEGPTConfig, layer_idx: int):
+        super().__init__()
+        self.attn_norm = nn.RMSNorm(config.d_model, eps=config.norm_eps)
+        self.attn = CausalSelfAttention(config.d_model, config.n_heads, config.n_kv_heads)
+        self.mlp_norm = nn.RMSNorm(config.d_model, eps=config.norm_eps)
+        self.is_moe = config.is_moe_layer(layer_idx)
+        if self.is_moe:
+            from moe.model.moe_block import MoEMLP  # imports deepspeed only for MoE models
+            self.mlp = MoEMLP(config)
+        else:
+            self.mlp = SwiGLU(config.d_model, config.d_ff)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = x + self.attn(self.attn_norm(x), cos, sin)  # (B, T, d)
+        h = self.mlp_norm(x)
+        if self.is_moe:
+            out, aux = self.mlp(h)
+        else:
+            out, aux = self.mlp(h), x.new_zeros(())
+        return x + out, aux
+
+
+@dataclass
+class MoECausalLMOutput(CausalLMOutput):
+    lm_loss: torch.Tensor | None = None
+    aux_loss: torch.Tensor | None = None
+
+
+class MoEGPTForCausalLM(PreTrainedModel, GenerationMixin):
+    config_class = MoEGPTConfig
+    base_model_prefix = "moe_gpt"
+    main_input_name = "input_ids"
+    _no_split_modules = ["Block"]
+    _supports_sdpa = True
+
+    def __init__(self, config: MoEGPTConfig):
+        super().__init__(config)
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.d_model)
+        self.rotary = RotaryEmbedding(config.d_model // config.n_heads, config.rope_theta)
+        self.layers = nn.ModuleList(Block(config, i) for i in range(config.n_layers))
+        self.norm = nn.RMSNorm(config.d_model, eps=config.norm_eps)
+        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        if config.tie_word_embeddings:
+            self.lm_head.weight = self.embed_tokens.weight
+        self.post_init()
+
+    def _init_weights(self, module: nn.Module) -> None:
+        std = self.config.init_std
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+            if getattr(module, "bias", None) is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.RMSNorm):
+            nn.init.ones_(module.weight)
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.embed_tokens
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.lm_head
+
+    def forward(self, input_ids: torch.Tensor, labels: torch.Tensor | None = None, **kwargs) -> MoECausalLMOutput:
+        """input_ids: (B, T); labels: (B, T) or None (shifted here; -100 is ignored)."""
+        B, T = input_ids.shape
+        cos, sin = self.rotary(T, input_ids.device)  # (T, hd/2) each
+        x = self.embed_tokens(input_ids)  # (B, T, d)
+        aux_loss = x.new_zeros((), dtype=torch.float32)
+        for layer in self.layers:
+            x, aux = layer(x, cos, sin)
+            aux_loss = aux_loss + aux.float()
+        logits = self.lm_head(self.norm(x))  # (B, T, V)
+        loss = lm_loss = None
+        if labels is not None:
+            lm_loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100)
+            loss = lm_loss + self.config.aux_loss_coef * aux_loss
+        return MoECausalLMOutput(loss=loss, logits=logits, lm_loss=lm_loss, aux_loss=aux_loss)
+
+    def prepare_inputs_for_generation(self, input_ids: torch.Tensor, **kwargs) -> dict:
+        # No KV cache: each step re-runs the whole (short) context; the MoE gate needs whole sequences anyway.
+        return {"input_ids": input_ids[:, -self.config.max_seq_len:]}
+
+    def moe_layers(self) -> list[nn.Module]:
+        return [layer.mlp for layer in self.layers if layer.is_moe]
