@@ -4,8 +4,8 @@ Rules:
 - Each mirrored setting (micro-batch, accumulation, clipping, precision, optimizer fields) may be set in the
   recipe or in the ds_config. Set in both and different is an error naming both places; set in neither
   takes the default below. The resolved ds_config holds the final value.
-- The LR schedule and train_batch_size are derived from the recipe and world size; a ds_config that sets
-  them differently is an error.
+- train_batch_size is derived (micro x accumulation x world size); a ds_config that sets it differently is an
+  error. The LR schedule is the recipe's (moe/train/schedule.py); a ds_config 'scheduler' section is an error.
 - Every combination that cannot work fails here, before any rank spawns or any file is written.
 """
 from __future__ import annotations
@@ -106,13 +106,9 @@ def resolve(recipe: Recipe, ds_config: dict, world_size: int, ds_config_path: st
                           f"accumulation {t.grad_accum} x {world_size} ranks = {train_batch}; remove it or make them agree")
     ds["train_batch_size"] = train_batch
 
-    schedule = {"type": "WarmupCosineLR", "params": {
-        "total_num_steps": t.max_steps, "warmup_num_steps": t.warmup_steps, "warmup_min_ratio": 0.0,
-        "warmup_type": "linear", "cos_min_ratio": t.min_lr_ratio}}
-    if "scheduler" in ds and ds["scheduler"] != schedule:
+    if "scheduler" in ds:
         raise ConfigError(f"{where}: the LR schedule belongs to the recipe (train.max_steps, train.warmup_steps, "
                           f"train.min_lr_ratio); remove the 'scheduler' section")
-    ds["scheduler"] = schedule
     # torch's AdamW on CPU avoids JIT-building DeepSpeed's CPU FusedAdam; GPUs keep FusedAdam.
     ds["optimizer"]["params"].setdefault("torch_adam", not cuda)
     ds.setdefault("steps_per_print", 10**9)

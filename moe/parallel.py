@@ -1,0 +1,51 @@
+"""Process groups. Communication lives here (and inside DeepSpeed), never in the model code."""
+from __future__ import annotations
+
+import datetime
+import os
+
+import torch
+
+
+def init_distributed() -> tuple[int, int]:
+    """Join the process group the DeepSpeed launcher set up (gloo on CPU, nccl on GPU); (rank, world_size)."""
+    import deepspeed
+    import deepspeed.comm as dist
+    if not dist.is_initialized():
+        if "RANK" not in os.environ:  # a plain `python recipes/pretrain_moe.py`: a world of one
+            os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
+                              MASTER_PORT=os.environ.get("MASTER_PORT", "29500"))
+        deepspeed.init_distributed(timeout=datetime.timedelta(minutes=30))
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+    return dist.get_rank(), dist.get_world_size()
+
+
+def expert_parallel_rank(ep_size: int) -> int:
+    """Create DeepSpeed's expert-parallel groups now (the engine would create the same ones at initialize)
+    and return this rank's index inside its expert-parallel group, so experts can be built by global index."""
+    if ep_size == 1:
+        return 0
+    from deepspeed.utils import groups
+    name = f"ep_size_{ep_size}"
+    if name not in groups._get_expert_parallel_group_dict():
+        groups._create_expert_and_data_parallel(ep_size)
+    return groups._get_expert_parallel_rank(name)
+
+
+def all_reduce_mean(values: list[float | torch.Tensor]) -> list[float]:
+    """Average scalars over all ranks with one collective."""
+    import deepspeed.comm as dist
+    t = torch.tensor([float(v) for v in values], dtype=torch.float64)
+    if torch.cuda.is_available():
+        t = t.cuda()
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(t)
+        t /= dist.get_world_size()
+    return t.tolist()
+
+
+def barrier() -> None:
+    import deepspeed.comm as dist
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.barrier()

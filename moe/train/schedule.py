@@ -1,0 +1,25 @@
+"""Linear warmup then cosine decay, as a torch LambdaLR handed to deepspeed.initialize.
+
+Not DeepSpeed's WarmupCosineLR: that one runs the first two optimizer steps at lr=0 (it starts at
+iteration -1 and its linear warmup ratio at iteration 0 is 0). Here step 0 already trains at lr/warmup.
+DeepSpeed still saves and restores this scheduler's state with every checkpoint.
+"""
+from __future__ import annotations
+
+import math
+from functools import partial
+
+from torch.optim.lr_scheduler import LambdaLR
+
+
+def warmup_cosine(step: int, warmup: int, total: int, min_ratio: float) -> float:
+    """LR multiplier for 0-based optimizer step `step`."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def build_scheduler(optimizer, train_cfg) -> LambdaLR:
+    return LambdaLR(optimizer, partial(warmup_cosine, warmup=train_cfg.warmup_steps, total=train_cfg.max_steps,
+                                       min_ratio=train_cfg.min_lr_ratio))
