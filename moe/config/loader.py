@@ -55,7 +55,7 @@ def apply_override(raw: dict, item: str) -> None:
 def from_dict(cls: type, data: Any, where: str, prefix: str = "") -> Any:
     """Build dataclass `cls` from `data`, naming the offending key and the allowed keys on error."""
     if not isinstance(data, dict):
-        raise ConfigError(f"{where}: '{prefix or cls.__name__}' must be a mapping, got {_show(data)}")
+        raise ConfigError(f"{where}: '{prefix[:-1] or cls.__name__}' must be a mapping, got {_show(data)}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
     hints = typing.get_type_hints(cls)
     unknown = [k for k in data if k not in fields]

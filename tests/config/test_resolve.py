@@ -1,0 +1,107 @@
+import json
+
+import pytest
+
+from moe.config import ConfigError, load_ds_config, load_recipe, resolve, split_overrides, write_run_folder
+from tests.helpers import REPO
+
+RECIPES = sorted((REPO / "recipes").glob("*.yaml"))
+DS_CONFIGS = sorted((REPO / "ds_configs").glob("*.json"))
+
+
+def _resolve(recipe_overrides=(), ds=None, world_size=2, cuda=False):
+    recipe = load_recipe(REPO / "recipes/default.yaml", list(recipe_overrides))
+    ds = ds if ds is not None else load_ds_config(REPO / "ds_configs/zero1.json")
+    return resolve(recipe, ds, world_size, "zero1.json", cuda=cuda)
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.name)
+@pytest.mark.parametrize("ds_config", DS_CONFIGS, ids=lambda p: p.name)
+def test_every_shipped_recipe_and_ds_config_resolves(recipe, ds_config):
+    r = resolve(load_recipe(recipe), load_ds_config(ds_config), 2, str(ds_config))
+    ds = r.ds_config
+    assert ds["train_batch_size"] == ds["train_micro_batch_size_per_gpu"] * ds["gradient_accumulation_steps"] * 2
+    assert ds["optimizer"]["params"]["lr"] == r.recipe.optim.lr
+    assert r.recipe.train.precision == ("bf16" if ds["bf16"]["enabled"] else "fp32")
+
+
+def test_mirrored_values_fill_from_either_side():
+    r = _resolve(["optim.lr=1e-3"])
+    assert r.ds_config["optimizer"]["params"]["lr"] == 1e-3  # recipe -> ds_config
+    assert r.recipe.train.micro_batch_size == 8  # ds_config -> recipe
+    assert r.ds_config["gradient_clipping"] == r.recipe.train.grad_clip == 1.0
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.micro_batch_size=4", "train.micro_batch_size=4 in the recipe disagrees with train_micro_batch_size_per_gpu=8"),
+    ("train.grad_accum=2", "train.grad_accum=2 in the recipe disagrees with gradient_accumulation_steps=1"),
+    ("train.grad_clip=0.5", "train.grad_clip=0.5 in the recipe disagrees with gradient_clipping=1.0"),
+    ("train.precision=bf16", "train.precision=bf16 in the recipe disagrees"),
+])
+def test_disagreement_between_recipe_and_ds_config_is_an_error(override, message):
+    with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
+        _resolve([override])
+
+
+def test_optimizer_disagreement_is_an_error():
+    ds = load_ds_config(REPO / "ds_configs/zero1.json", ["optimizer.type=AdamW", "optimizer.params.lr=0.1"])
+    with pytest.raises(ConfigError, match="optim.lr=0.002 in the recipe disagrees with optimizer.params.lr=0.1"):
+        _resolve(ds=ds)
+
+
+def test_ds_overrides_are_split_from_recipe_overrides():
+    recipe_ov, ds_ov = split_overrides(["moe.top_k=1", "ds.gradient_clipping=0.5"])
+    assert recipe_ov == ["moe.top_k=1"] and ds_ov == ["gradient_clipping=0.5"]
+
+
+@pytest.mark.parametrize("overrides, world_size, message", [
+    (["moe.num_experts=6", "moe.ep_size=4"], 4, "moe.num_experts=6 is not divisible by moe.ep_size=4"),
+    ([], 3, "world size 3 is not divisible by moe.ep_size=2"),
+    (["moe.top_k=5"], 2, "moe.top_k=5 must be between 1 and moe.num_experts=4"),
+    (["model.n_heads=5"], 2, "not divisible by model.n_heads=5"),
+    (["data.seq_len=1024"], 2, "data.seq_len=1024 exceeds model.max_seq_len=128"),
+    (["moe.noisy_gate_policy=Gaussian"], 2, "noisy_gate_policy must be"),
+    (["data.source=files", "data.files=[/no/such/file.jsonl]"], 2, "dataset file not found: /no/such/file.jsonl"),
+    (["data.source=hf", "data.name=./no/such/dataset"], 2, "dataset path not found"),
+    (["train.warmup_steps=500"], 2, "train.warmup_steps=500 must be below train.max_steps=300"),
+])
+def test_impossible_combinations_fail_at_resolve(overrides, world_size, message):
+    with pytest.raises(ConfigError, match=message.replace(".", r"\.").replace("[", r"\[")):
+        _resolve(overrides, world_size=world_size)
+
+
+def test_native_moe_under_zero3_is_refused_with_the_working_alternative():
+    ds = load_ds_config(REPO / "ds_configs/zero1.json", ["zero_optimization.stage=3"])
+    with pytest.raises(ConfigError, match="refuses native MoE.*ZeRO-3.*zero2.json"):
+        _resolve(ds=ds)
+    assert _resolve(["moe.enabled=false"], ds=ds).ds_config["zero_optimization"]["stage"] == 3
+
+
+def test_fp16_needs_a_gpu_and_both_precisions_conflict():
+    with pytest.raises(ConfigError, match="fp16 needs a CUDA GPU"):
+        _resolve(["train.precision=fp16"], ds={})
+    assert _resolve(["train.precision=fp16"], ds={}, cuda=True).ds_config["fp16"]["enabled"]
+    with pytest.raises(ConfigError, match="both bf16 and fp16"):
+        _resolve(ds={"bf16": {"enabled": True}, "fp16": {"enabled": True}})
+
+
+def test_derived_train_batch_size_and_scheduler_are_checked():
+    with pytest.raises(ConfigError, match="train_batch_size=7 but micro-batch 8 x accumulation 1 x 2 ranks = 16"):
+        _resolve(ds={"train_batch_size": 7, "train_micro_batch_size_per_gpu": 8})
+    with pytest.raises(ConfigError, match="LR schedule belongs to the recipe"):
+        _resolve(ds={"scheduler": {"type": "WarmupLR"}})
+
+
+def test_ds_config_that_is_not_json(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"train_micro_batch_size_per_gpu": 8,}')
+    with pytest.raises(ConfigError, match="bad.json is not valid JSON: .* line 1"):
+        load_ds_config(bad)
+
+
+def test_run_folder_holds_the_resolved_recipe_and_ds_config(tmp_path):
+    r = _resolve([f"logging.runs_dir={tmp_path}"])
+    run_dir = write_run_folder(r)
+    assert json.loads((run_dir / "ds_config.json").read_text()) == r.ds_config
+    again = load_recipe(run_dir / "recipe.yaml")
+    assert again == r.recipe  # the written recipe loads back through the strict loader, unchanged
