@@ -18,6 +18,7 @@ from moe.data import BlockBatches, prepare_data
 from moe.parallel import all_reduce_mean, barrier, expert_parallel_rank, init_distributed
 from moe.preflight import preflight
 from moe.train import checkpoint
+from moe.train.grad_norm import install_expert_aware_clipping
 from moe.train.metrics import MetricsLog
 from moe.train.schedule import build_scheduler
 
@@ -56,7 +57,6 @@ class Trainer:
         self.data = self.data or prepare_data(recipe.data)
 
         t = recipe.train
-        seed_everything(t.seed + rank)  # gate sampling (RTS, 2nd expert, noise) differs per rank, as in DeepSpeed
         vocab = (len(self.data.tokenizer) + 63) // 64 * 64  # pad the embedding to a multiple of 64
         self.model_config = config_from_recipe(recipe, vocab_size=vocab)
         ep_rank = expert_parallel_rank(recipe.moe.ep_size) if recipe.moe.enabled else 0
@@ -65,6 +65,10 @@ class Trainer:
         self.engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=param_groups(model, weight_decay),
                                                     lr_scheduler=partial(build_scheduler, train_cfg=t),
                                                     config=resolved.ds_config)
+        install_expert_aware_clipping(self.engine)
+        # Seed after model build and engine setup, whose RNG use depends on the layout: gate sampling (RTS, 2nd
+        # expert, noise) then draws the same numbers on data-parallel rank r under every EP size / ZeRO stage.
+        seed_everything(t.seed + rank)
         self.batches = BlockBatches(self.data.train, t.micro_batch_size, rank, resolved.dp_size, t.seed)
         self.val_batches = BlockBatches(self.data.val, t.micro_batch_size, rank, resolved.dp_size, t.seed,
                                         shuffle=False)

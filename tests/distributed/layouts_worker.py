@@ -37,12 +37,22 @@ def main(out_dir: Path) -> None:
             "train.eval_interval=0", "logging.progress_bar=false", *extra])
         resolved = resolve(recipe, load_ds_config(REPO / "ds_configs" / ds_name), world_size, ds_name)
         trainer = Trainer(resolved, rank)
-        records = [trainer.train_step() for _ in range(STEPS)]
         num_local = recipe.moe.num_experts // ep_size
         ep_rank = rank % ep_size
+        step1_grads = {}
+        if ds_name == "zero0.json":  # grads live in p.grad only on this path; snapshot them before clipping
+            clip = trainer.engine.clip_fp32_gradients
+
+            def snapshot_then_clip():
+                if not step1_grads:
+                    step1_grads.update({global_param_name(n, ep_rank, num_local): p.grad.detach().clone()
+                                        for n, p in trainer.engine.module.named_parameters()})
+                clip()
+            trainer.engine.clip_fp32_gradients = snapshot_then_clip
+        records = [trainer.train_step() for _ in range(STEPS)]
         params = {global_param_name(n, ep_rank, num_local): p.detach().float().clone()
                   for n, p in trainer.engine.module.named_parameters()}
-        torch.save(params, out_dir / f"{name}_rank{rank}.pt")
+        torch.save({"params": params, "step1_grads": step1_grads}, out_dir / f"{name}_rank{rank}.pt")
         results[name] = {"loss": [r["loss"] for r in records], "grad_norm": [r["grad_norm"] for r in records]}
         trainer.engine.destroy()
     if rank == 0:
