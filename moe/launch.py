@@ -107,7 +107,7 @@ def spawn(argv: list[str]) -> None:
             cmd += ["--master_addr", launch.master_addr]
     else:
         if nodes > 1:
-            _fail(f"NUM_NODES={nodes} needs a HOSTFILE (or use launch/slurm_pretrain_moe.sbatch)")
+            _fail(f"NUM_NODES={nodes} needs a HOSTFILE listing the nodes")
         cmd += ["--num_gpus", str(gpus)]
     if not cuda and "OMP_NUM_THREADS" not in os.environ:  # one core share per CPU rank, not oversubscribed
         os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // gpus))
