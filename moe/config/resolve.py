@@ -11,7 +11,6 @@ Rules:
 from __future__ import annotations
 
 import copy
-import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -257,6 +256,3 @@ def write_run_folder(resolved: Resolved) -> Path:
     (run_dir / "ds_config.json").write_text(json.dumps(resolved.ds_config, indent=2) + "\n")
     return run_dir
 
-
-def recipe_fields_equal(a: Recipe, b: Recipe, section: str) -> bool:
-    return dataclasses.asdict(getattr(a, section)) == dataclasses.asdict(getattr(b, section))
