@@ -246,6 +246,9 @@ def _validate_train(recipe: Recipe) -> None:
     for name in ("micro_batch_size", "grad_accum"):
         if getattr(t, name) < 1:
             raise ConfigError(f"train.{name} must be positive, got {getattr(t, name)}")
+    for name in ("eval_interval", "save_interval", "keep_checkpoints"):
+        if getattr(t, name) < 0:
+            raise ConfigError(f"train.{name} must be 0 or more, got {getattr(t, name)}")
 
 
 def write_run_folder(resolved: Resolved) -> Path:

@@ -86,6 +86,7 @@ class TrainConfig:
     eval_interval: int = 50  # steps between validation passes (0 = only at the end)
     eval_batches: int = 8  # micro-batches per rank per validation pass
     save_interval: int = 0  # steps between checkpoints (0 = only at the end)
+    keep_checkpoints: int = 0  # complete checkpoints kept, newest first (0 = all)
     log_interval: int = 1
 
 

@@ -1,6 +1,7 @@
 """The training loop: deepspeed.initialize, warmup+cosine LR, clipping, validation, checkpoints, logging."""
 from __future__ import annotations
 
+import json
 import math
 import random
 import sys
@@ -73,10 +74,13 @@ class Trainer:
         self.val_batches = BlockBatches(self.data.val, t.micro_batch_size, rank, resolved.dp_size, t.seed,
                                         shuffle=False)
         self.step = 0
+        self.code_version = checkpoint.code_version() if rank == 0 else {}
         wandb_id = None
         if resume:
-            client_state = checkpoint.load(self.engine, self.run_dir)
+            tag, client_state = checkpoint.load(self.engine, self.run_dir)
             self.step, wandb_id = client_state["step"], client_state.get("wandb_id")
+            if rank == 0:
+                print(f"resumed from {tag}: step {self.step}", flush=True)
         self.metrics = MetricsLog(self.run_dir, resolved.as_dict(), recipe, wandb_id, self.step) if rank == 0 else None
 
     def fit(self) -> None:
@@ -137,8 +141,11 @@ class Trainer:
     def save(self) -> None:
         client_state = {"step": self.step, "samples_consumed": self.step * self.resolved.ds_config["train_batch_size"],
                         "wandb_id": self.metrics.wandb_id if self.metrics else None}
-        recipe_yaml = yaml.safe_dump(to_dict(self.recipe), sort_keys=False)
-        checkpoint.save(self.engine, self.run_dir, self.step, client_state, recipe_yaml)
+        metadata = {"recipe.yaml": yaml.safe_dump(to_dict(self.recipe), sort_keys=False),
+                    "ds_config.json": json.dumps(self.resolved.ds_config, indent=2) + "\n",
+                    "version.json": json.dumps(self.code_version, indent=2) + "\n"}
+        checkpoint.save(self.engine, self.run_dir, self.step, client_state, metadata,
+                        keep=self.recipe.train.keep_checkpoints)
         if self.rank == 0:
             self.data.tokenizer.save_pretrained(self.run_dir / "tokenizer")
             self.model_config.save_pretrained(self.run_dir / "model_config")

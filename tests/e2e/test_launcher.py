@@ -50,8 +50,10 @@ def test_run_folder_holds_resolved_config_and_checkpoints(bash_run):
     assert (ckpt / "latest").read_text().strip() == f"global_step{STEPS}"
     for step in (10, STEPS):
         files = {p.name for p in (ckpt / f"global_step{step}").iterdir()}
-        assert {"rng_rank0.pt", "rng_rank1.pt", "recipe.yaml"} <= files
+        assert {"rng_rank0.pt", "rng_rank1.pt", "recipe.yaml", "ds_config.json", "version.json", "COMPLETE"} <= files
         assert any(name.startswith("layer_") and "expert_" in name for name in files), files  # per-expert files
+    version = json.loads((ckpt / "global_step10" / "version.json").read_text())
+    assert version["deepspeed"] == "0.19.8" and "git_commit" in version
     assert (run_dir / "tokenizer" / "tokenizer.json").is_file() and (run_dir / "model_config" / "config.json").is_file()
 
 
@@ -69,6 +71,28 @@ def test_resume_continues_from_saved_step_and_matches_uninterrupted_run(bash_run
     assert [m["step"] for m in resumed] == list(range(1, STEPS + 1))  # steps 1-10 kept once, 11-20 re-run
     for got, want in zip(resumed[10:], reference[10:]):
         assert (got["step"], got["loss"], got["lr"]) == (want["step"], want["loss"], want["lr"])  # bit-exact
+
+
+def test_sigkill_mid_save_keeps_previous_checkpoint_and_resume_matches(bash_run, tmp_path):
+    _, full_run = bash_run
+    run_dir = tmp_path / "tiny"
+    every5_keep2 = (*TINY, f"logging.runs_dir={tmp_path}", "train.save_interval=5", "train.keep_checkpoints=2")
+    # Rank 0 SIGKILLs itself at step 15 after every rank wrote its files, before the checkpoint is committed.
+    proc = launch_bash(*every5_keep2, MOE_FAULT_SIGKILL_DURING_SAVE="15")
+    assert proc.returncode != 0, explain(proc)
+    ckpt = run_dir / "checkpoints"
+    assert (ckpt / "global_step15").is_dir() and not (ckpt / "global_step15" / "COMPLETE").exists()
+    assert {p.name for p in ckpt.glob("global_step*")} == {"global_step5", "global_step10", "global_step15"}
+    assert (ckpt / "latest").read_text() == "global_step10"
+
+    proc = launch_bash(*every5_keep2, "--resume")
+    assert proc.returncode == 0, explain(proc)
+    assert "resumed from global_step10" in proc.stdout + proc.stderr
+    resumed, reference = train_records(read_metrics(run_dir)), train_records(read_metrics(full_run))
+    assert [m["step"] for m in resumed] == list(range(1, STEPS + 1))
+    assert [(m["loss"], m["lr"]) for m in resumed] == [(m["loss"], m["lr"]) for m in reference]  # bit-exact
+    assert {p.name for p in ckpt.glob("global_step*")} == {"global_step15", "global_step20"}  # keep 2
+    assert (ckpt / "latest").read_text() == "global_step20"
 
 
 def test_rerun_without_resume_refuses_and_keeps_the_run(bash_run):
