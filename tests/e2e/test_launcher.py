@@ -4,12 +4,10 @@ import shutil
 
 import pytest
 
+from tests.e2e.conftest import STEPS, TINY
 from tests.helpers import explain, launch_bash, launch_deepspeed, read_metrics
 
 pytestmark = pytest.mark.e2e
-
-STEPS = 20
-TINY = ("--recipe", "recipes/tiny.yaml", f"train.max_steps={STEPS}", "logging.progress_bar=false")
 
 
 def train_records(metrics: list[dict]) -> list[dict]:
@@ -18,14 +16,6 @@ def train_records(metrics: list[dict]) -> list[dict]:
 
 def val_records(metrics: list[dict]) -> list[dict]:
     return [m for m in metrics if "val_loss" in m]
-
-
-@pytest.fixture(scope="module")
-def bash_run(tmp_path_factory):
-    runs = tmp_path_factory.mktemp("bash_runs")
-    proc = launch_bash(*TINY, f"logging.runs_dir={runs}")
-    assert proc.returncode == 0, explain(proc)
-    return proc, runs / "tiny"
 
 
 def test_bash_launcher_trains_tiny_recipe_on_two_ranks(bash_run):
