@@ -49,3 +49,12 @@ def barrier() -> None:
     import deepspeed.comm as dist
     if dist.is_initialized() and dist.get_world_size() > 1:
         dist.barrier()
+
+
+def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    """Sum a tensor over all ranks (one collective); returns it on the CPU."""
+    import deepspeed.comm as dist
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        t = t.clone()
+        dist.all_reduce(t)
+    return t.cpu()

@@ -98,6 +98,7 @@ class LoggingConfig:
     wandb_project: str = "moe-recipes"
     wandb_group: Optional[str] = None
     progress_bar: bool = True
+    router_stats: bool = True  # per-MoE-layer routing telemetry in metrics.jsonl and W&B (moe/model/router_stats.py)
 
 
 @dataclass

@@ -11,6 +11,7 @@ from deepspeed.moe.layer import MoE
 from torch import nn
 
 from moe.model.layers import SwiGLU
+from moe.model.router_stats import RouterStats
 
 
 class MoEMLP(nn.Module):
@@ -34,6 +35,7 @@ class MoEMLP(nn.Module):
         self.num_experts = config.num_experts
         self.train_sampling = (config.top2_2nd_expert_sampling, config.use_rts)
         self.last_expert_counts: torch.Tensor | None = None  # (E,) tokens routed per expert, last forward
+        self.router_stats = RouterStats(self.moe.deepspeed_moe.gate, config.num_experts, config.num_experts_per_tok)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x: (B, T, d) -> (output (B, T, d), aux loss scalar)."""
@@ -43,4 +45,5 @@ class MoEMLP(nn.Module):
         gate.top2_2nd_expert_sampling, gate.use_rts = (s and self.training for s in self.train_sampling)
         out, aux_loss, expert_counts = self.moe(x)
         self.last_expert_counts = expert_counts.detach()
+        self.router_stats.record_aux_loss(aux_loss)
         return out, aux_loss

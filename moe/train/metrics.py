@@ -39,7 +39,11 @@ class MetricsLog:
         with self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")
         if self.wandb_run:
-            self.wandb_run.log({k: v for k, v in record.items() if k != "step"}, step=record["step"])
+            import wandb
+            # Lists (tokens per expert) become a histogram over the expert index.
+            self.wandb_run.log({k: wandb.Histogram(np_histogram=(v, list(range(len(v) + 1))))
+                                if isinstance(v, list) else v for k, v in record.items() if k != "step"},
+                               step=record["step"])
 
     def close(self) -> None:
         if self.wandb_run:

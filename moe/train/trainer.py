@@ -16,7 +16,8 @@ import yaml
 from moe.cli import parse_trainer_args
 from moe.config import ConfigError, Resolved, to_dict, write_run_folder
 from moe.data import BlockBatches, prepare_data
-from moe.parallel import all_reduce_mean, barrier, expert_parallel_rank, init_distributed
+from moe.model.router_stats import summarize
+from moe.parallel import all_reduce_mean, all_reduce_sum, barrier, expert_parallel_rank, init_distributed
 from moe.preflight import preflight
 from moe.train import checkpoint
 from moe.train.grad_norm import install_expert_aware_clipping
@@ -67,6 +68,9 @@ class Trainer:
                                                     lr_scheduler=partial(build_scheduler, train_cfg=t),
                                                     config=resolved.ds_config)
         install_expert_aware_clipping(self.engine)
+        for block in model.layers:
+            if block.is_moe:
+                block.mlp.router_stats.enabled = recipe.logging.router_stats
         # Seed after model build and engine setup, whose RNG use depends on the layout: gate sampling (RTS, 2nd
         # expert, noise) then draws the same numbers on data-parallel rank r under every EP size / ZeRO stage.
         seed_everything(t.seed + rank)
@@ -94,8 +98,10 @@ class Trainer:
             record = self.train_step()
             bar.update(1)
             bar.set_postfix(loss=f"{record['loss']:.3f}", tok_s=f"{record['tokens_per_s']:.0f}")
-            if self.metrics and (self.step % t.log_interval == 0 or self.step == t.max_steps):
-                self.metrics.log(record)
+            if self.step % t.log_interval == 0 or self.step == t.max_steps:
+                record.update(self.router_metrics())  # a collective: every rank, on the same steps
+                if self.metrics:
+                    self.metrics.log(record)
             last = self.step == t.max_steps
             if (t.eval_interval and self.step % t.eval_interval == 0) or last:
                 self.validate()
@@ -123,6 +129,19 @@ class Trainer:
         return {"step": self.step, "loss": loss, "lm_loss": lm_loss, "aux_loss": aux_loss, "lr": lr,
                 "grad_norm": float(grad_norm) if grad_norm is not None else None,
                 "tokens_per_s": self.resolved.global_batch_tokens / elapsed, "step_time_s": elapsed}
+
+    def router_metrics(self) -> dict:
+        """Routing telemetry summed over all ranks since the last call, per MoE layer (one all-reduce)."""
+        layers = [(i, block.mlp.router_stats) for i, block in enumerate(self.engine.module.layers) if block.is_moe]
+        if not layers or not self.recipe.logging.router_stats:
+            return {}
+        sums = all_reduce_sum(torch.cat([stats.sums for _, stats in layers]))
+        out, width = {}, layers[0][1].sums.numel()
+        for n, (layer, stats) in enumerate(layers):
+            for key, value in summarize(sums[n * width:(n + 1) * width], stats.num_experts).items():
+                out[f"router/layer{layer}/{key}"] = value
+            stats.reset()
+        return out
 
     @torch.no_grad()
     def validate(self) -> float:

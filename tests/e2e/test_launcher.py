@@ -23,7 +23,14 @@ def test_bash_launcher_trains_tiny_recipe_on_two_ranks(bash_run):
     assert "launch: 2 rank(s)" in proc.stdout
     train = train_records(read_metrics(run_dir))
     assert [m["step"] for m in train] == list(range(1, STEPS + 1))
-    assert set(train[0]) == {"step", "loss", "lm_loss", "aux_loss", "lr", "grad_norm", "tokens_per_s", "step_time_s"}
+    base = {"step", "loss", "lm_loss", "aux_loss", "lr", "grad_norm", "tokens_per_s", "step_time_s"}
+    router = {f"router/layer1/{k}" for k in ("tokens_per_expert", "max_mean_load", "dropped_frac", "router_entropy",
+                                              "router_entropy_norm", "aux_loss")}  # tiny: layer 1 is the MoE one
+    assert set(train[0]) == base | router
+    for m in train:  # 8 sequences x 64 tokens x 2 ranks, top-2: 2048 routes a step, some dropped by capacity
+        kept = sum(m["router/layer1/tokens_per_expert"])
+        assert kept == round((1 - m["router/layer1/dropped_frac"]) * 2048) and 1024 <= kept <= 2048
+        assert 0 < m["router/layer1/router_entropy_norm"] <= 1 and m["router/layer1/max_mean_load"] >= 1
     assert all(m["grad_norm"] is not None and m["tokens_per_s"] > 0 for m in train)
     first, last5 = train[0]["loss"], sum(m["loss"] for m in train[-5:]) / 5
     assert last5 < 0.92 * first, f"loss did not fall: {first:.3f} -> {last5:.3f}"
