@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+import warnings
 from pathlib import Path
 
 import torch
@@ -108,7 +109,8 @@ def to_hf_model(config, state: dict[str, torch.Tensor]):
     from transformers import AutoModelForCausalLM
     family = target_family(config)
     hf_cfg = hf_config(config, family)
-    with torch.device("meta"):
+    with torch.device("meta"), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Initializing zero-element tensors")  # the zero-width shared expert
         hf_model = AutoModelForCausalLM.from_config(hf_cfg)
     weights = hf_state_dict(config, state, hf_model)
     hf_model.load_state_dict(weights, assign=True, strict=True)
