@@ -22,3 +22,11 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def deepspeed_cpu_comm_op_built():
+    """Build DeepSpeed's CPU shared-memory comm op (~50 s JIT, cached in TORCH_EXTENSIONS_DIR) once, here, before
+    any test spawns ranks, so ranks never race through a first build together."""
+    from deepspeed.comm.torch import build_shm_op
+    build_shm_op()  # None on accelerators that do not use it
