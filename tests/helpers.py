@@ -55,3 +55,8 @@ def read_metrics(run_dir: Path) -> list[dict]:
 
 def explain(proc: subprocess.CompletedProcess) -> str:
     return f"exit {proc.returncode}\n--- stdout ---\n{proc.stdout[-4000:]}\n--- stderr ---\n{proc.stderr[-6000:]}"
+
+
+def snapshot(folder: Path) -> dict:
+    """Every file under `folder` with its bytes: equal snapshots mean nothing was touched."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}

@@ -34,7 +34,6 @@ class MoEMLP(nn.Module):
         )
         self.num_experts = config.num_experts
         self.train_sampling = (config.top2_2nd_expert_sampling, config.use_rts)
-        self.last_expert_counts: torch.Tensor | None = None  # (E,) tokens routed per expert, last forward
         self.router_stats = RouterStats(self.moe.deepspeed_moe.gate, config.num_experts, config.num_experts_per_tok)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -43,7 +42,6 @@ class MoEMLP(nn.Module):
         # makes validation and generate() random; they are training-time regularizers, so keep them to training.
         gate = self.moe.deepspeed_moe.gate
         gate.top2_2nd_expert_sampling, gate.use_rts = (s and self.training for s in self.train_sampling)
-        out, aux_loss, expert_counts = self.moe(x)
-        self.last_expert_counts = expert_counts.detach()
+        out, aux_loss, _ = self.moe(x)
         self.router_stats.record_aux_loss(aux_loss)
         return out, aux_loss

@@ -61,6 +61,9 @@ class Trainer:
         t = recipe.train
         vocab = (len(self.data.tokenizer) + 63) // 64 * 64  # pad the embedding to a multiple of 64
         self.model_config = config_from_recipe(recipe, vocab_size=vocab)
+        if rank == 0:  # what `moe.export` and generation need besides the weights; fixed for the whole run
+            self.data.tokenizer.save_pretrained(self.run_dir / "tokenizer")
+            self.model_config.save_pretrained(self.run_dir / "model_config")
         ep_rank = expert_parallel_rank(recipe.moe.ep_size) if recipe.moe.enabled else 0
         model = build_model(self.model_config, seed=t.seed, ep_rank=ep_rank)
         weight_decay = resolved.ds_config["optimizer"]["params"]["weight_decay"]
@@ -165,6 +168,3 @@ class Trainer:
                     "version.json": json.dumps(self.code_version, indent=2) + "\n"}
         checkpoint.save(self.engine, self.run_dir, self.step, client_state, metadata,
                         keep=self.recipe.train.keep_checkpoints)
-        if self.rank == 0:
-            self.data.tokenizer.save_pretrained(self.run_dir / "tokenizer")
-            self.model_config.save_pretrained(self.run_dir / "model_config")

@@ -3,7 +3,7 @@ import time
 
 import pytest
 
-from tests.helpers import explain, launch_bash, launch_deepspeed
+from tests.helpers import explain, launch_bash, launch_deepspeed, snapshot
 
 pytestmark = pytest.mark.e2e
 
@@ -16,10 +16,6 @@ def existing_run(tmp_path):
     (run_dir / "metrics.jsonl").write_text('{"step": 1, "loss": 7.0}\n')
     (run_dir / "recipe.yaml").write_text("model: {}\n")
     return run_dir
-
-
-def snapshot(folder) -> dict:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def bad_json(tmp_path):

@@ -5,7 +5,7 @@ import shutil
 import pytest
 
 from tests.e2e.conftest import STEPS, TINY
-from tests.helpers import explain, launch_bash, launch_deepspeed, read_metrics
+from tests.helpers import explain, launch_bash, launch_deepspeed, read_metrics, snapshot
 
 pytestmark = pytest.mark.e2e
 
@@ -112,7 +112,3 @@ def test_deepspeed_launcher_matches_bash_launcher_and_logs_wandb_offline(bash_ru
     records = next(offline[0].glob("run-*.wandb")).read_bytes()  # W&B's own log of config and history records
     for key in (b"train_micro_batch_size_per_gpu", b"num_experts", b"tokens_per_s", b"val_loss"):
         assert key in records, key  # the resolved config and the step metrics were sent
-
-
-def snapshot(folder) -> dict:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
