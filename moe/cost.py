@@ -38,9 +38,10 @@ def model_cost(config, seq_len: int) -> ModelCost:
         total += attention
         active_matmul += attention
         if config.is_moe_layer(layer):
-            router = d * config.num_experts
-            residual = dense_mlp + 2 * d + 2 if config.use_residual else 0  # PR-MoE: dense MLP + 2-way mix (bias)
-            total += config.num_experts * expert + router + residual
+            num_experts = config.experts_in_layer(layer)  # PR-MoE pyramids differ per layer
+            router = d * num_experts
+            residual = dense_mlp + 2 * d + 2 if config.use_residual else 0  # Residual-MoE: dense MLP + 2-way mix (bias)
+            total += num_experts * expert + router + residual
             active_matmul += config.num_experts_per_tok * expert + router + residual
         else:
             total += dense_mlp

@@ -1,10 +1,12 @@
 """Export a DeepSpeed MoE checkpoint to a stock Hugging Face model (no trust_remote_code).
 
-    python -m moe.export runs/<run_name> out_dir [--tag global_stepN]
+    python -m moe.export runs/<run_name> out_dir [--tag global_stepN] [--fp32 | --no-fp32]
 
 The checkpoint's non-expert weights (mp_rank_00_model_states.pt) and its per-expert files
 (layer_L_expert_E_*, already named by global expert index) are merged into one expert-parallel-free state
-dict, then mapped onto the stock architecture that computes the same function:
+dict. With --fp32 (the default for a bf16/fp16 checkpoint, whose model files hold the low-precision copies) the
+weights are instead the fp32 master weights of its layout-free state (moe/reshard.py, converted on the spot if
+missing). The state dict is then mapped onto the stock architecture that computes the same function:
 
 - MixtralForCausalLM: every MLP is MoE (moe.interval 1) and top-k >= 2, whose gate weights DeepSpeed
   renormalizes over the chosen experts, as Mixtral does;
@@ -13,13 +15,14 @@ dict, then mapped onto the stock architecture that computes the same function:
   a zero-width shared expert;
 - LlamaForCausalLM: the dense baseline (moe.enabled false).
 
-The exported model routes without a capacity limit (dropless). Residual-MoE (use_residual) has no stock
-class and is refused with the reason. The tokenizer saved with the run is copied alongside.
+The exported model routes without a capacity limit (dropless). Residual-MoE (use_residual), PR-MoE (an expert
+count per layer) and aux-loss-free bias routing (bias_update_rate) have no stock class and are refused with the
+reason. The tokenizer saved with the run is copied alongside.
 """
 from __future__ import annotations
 
 import argparse
-import re
+import json
 import sys
 import warnings
 from pathlib import Path
@@ -27,9 +30,7 @@ from pathlib import Path
 import torch
 
 from moe.config.loader import ConfigError
-
-EXPERT_PARAM = re.compile(r"layers\.(\d+)\.mlp\.moe\.deepspeed_moe\.experts\.deepspeed_experts\.(\d+)\.(\w+)\.weight")
-GATE_PARAM = re.compile(r"layers\.(\d+)\.mlp\.moe\.deepspeed_moe\.gate\.wg\.weight")
+from moe.model.hf_names import to_hf
 
 
 def consolidated_state_dict(tag_dir: Path) -> dict[str, torch.Tensor]:
@@ -49,13 +50,23 @@ def target_family(config) -> str:
     if config.use_residual:
         raise ConfigError("Residual-MoE (moe.use_residual) adds a dense MLP and a learned mixing coefficient "
                           "to each MoE layer; no stock transformers class has that, so it cannot be exported")
+    if isinstance(config.num_experts, list):
+        raise ConfigError(f"PR-MoE (moe.num_experts={config.num_experts}, one count per MoE layer) cannot be "
+                          f"exported: Mixtral and Qwen2-MoE have one expert count (num_local_experts / num_experts) "
+                          f"for all layers")
+    if getattr(config, "bias_update_rate", 0.0):
+        raise ConfigError("aux-loss-free balancing (moe.bias_update_rate) routes by softmax + a per-expert bias; no "
+                          "stock transformers class selects experts that way, so it cannot be exported")
     if config.moe_interval == 1 and config.num_experts_per_tok >= 2:
         return "mixtral"
     return "qwen2_moe"
 
 
-def hf_config(config, family: str):
-    from transformers import LlamaConfig, MixtralConfig, Qwen2MoeConfig
+HF_CONFIG_CLASSES = {"llama": "LlamaConfig", "mixtral": "MixtralConfig", "qwen2_moe": "Qwen2MoeConfig"}
+
+
+def hf_config_fields(config, family: str) -> dict:
+    """The stock `family` config fields that express our MoEGPTConfig (moe.model.hf_import checks them backwards)."""
     common = dict(vocab_size=config.vocab_size, hidden_size=config.d_model, num_hidden_layers=config.n_layers,
                   num_attention_heads=config.n_heads, num_key_value_heads=config.n_kv_heads,
                   max_position_embeddings=config.max_seq_len, rms_norm_eps=config.norm_eps,
@@ -63,37 +74,24 @@ def hf_config(config, family: str):
                   tie_word_embeddings=config.tie_word_embeddings,
                   **{k: getattr(config, k, None) for k in ("bos_token_id", "eos_token_id", "pad_token_id")})
     if family == "llama":
-        return LlamaConfig(intermediate_size=config.d_ff, attention_bias=False, mlp_bias=False, **common)
+        return dict(intermediate_size=config.d_ff, attention_bias=False, mlp_bias=False, **common)
     moe = dict(num_experts_per_tok=config.num_experts_per_tok, router_aux_loss_coef=config.aux_loss_coef)
     if family == "mixtral":
-        return MixtralConfig(intermediate_size=config.expert_d_ff, num_local_experts=config.num_experts,
-                             **moe, **common)
-    return Qwen2MoeConfig(intermediate_size=config.d_ff, moe_intermediate_size=config.expert_d_ff,
-                          num_experts=config.num_experts, decoder_sparse_step=config.moe_interval,
-                          norm_topk_prob=config.num_experts_per_tok > 1, shared_expert_intermediate_size=0,
-                          qkv_bias=False, mlp_only_layers=[], **moe, **common)
+        return dict(intermediate_size=config.expert_d_ff, num_local_experts=config.num_experts, **moe, **common)
+    return dict(intermediate_size=config.d_ff, moe_intermediate_size=config.expert_d_ff,
+                num_experts=config.num_experts, decoder_sparse_step=config.moe_interval,
+                norm_topk_prob=config.num_experts_per_tok > 1, shared_expert_intermediate_size=0,
+                qkv_bias=False, mlp_only_layers=[], **moe, **common)
+
+
+def hf_config(config, family: str):
+    import transformers
+    return getattr(transformers, HF_CONFIG_CLASSES[family])(**hf_config_fields(config, family))
 
 
 def hf_state_dict(config, state: dict[str, torch.Tensor], hf_model) -> dict[str, torch.Tensor]:
-    """Rename our weights onto the HF model's, stacking experts into its fused (E, 2·ff, d) / (E, d, ff) layout."""
-    out: dict[str, torch.Tensor] = {}
-    experts: dict[tuple[int, int], dict[str, torch.Tensor]] = {}
-    for name, tensor in state.items():
-        if m := EXPERT_PARAM.fullmatch(name):
-            experts.setdefault((int(m.group(1)), int(m.group(2))), {})[m.group(3)] = tensor
-        elif m := GATE_PARAM.fullmatch(name):
-            out[f"model.layers.{m.group(1)}.mlp.gate.weight"] = tensor
-        elif name == "lm_head.weight":
-            out[name] = tensor
-        else:
-            hf_name = (name.replace(".attn_norm.", ".input_layernorm.").replace(".mlp_norm.", ".post_attention_layernorm.")
-                       .replace(".attn.", ".self_attn."))
-            out[f"model.{hf_name}"] = tensor
-    for layer in sorted({layer for layer, _ in experts}):
-        ordered = [experts[(layer, e)] for e in range(config.num_experts)]
-        prefix = f"model.layers.{layer}.mlp.experts."
-        out[prefix + "gate_up_proj"] = torch.stack([torch.cat([w["gate_proj"], w["up_proj"]]) for w in ordered])
-        out[prefix + "down_proj"] = torch.stack([w["down_proj"] for w in ordered])
+    """Rename our weights onto the HF model's (moe/model/hf_names.py), experts stacked into its fused layout."""
+    out = to_hf(state, config.num_experts if config.moe_enabled else 0)
     expected = hf_model.state_dict()
     for name, tensor in expected.items():  # parts our model does not have: zero-width shared expert and its gate
         if name not in out and (tensor.numel() == 0 or name.endswith("shared_expert_gate.weight")):
@@ -119,7 +117,25 @@ def to_hf_model(config, state: dict[str, torch.Tensor]):
     return hf_model.float().eval()
 
 
-def export(run_dir: Path, out_dir: Path, tag: str | None = None) -> Path:
+def checkpoint_weights(run_dir: Path, tag: str, fp32: bool | None = None) -> dict[str, torch.Tensor]:
+    """Our whole model's weights at `tag`: the model files, or (fp32; None = when the run was not fp32) the fp32
+    master weights from the layout-free state, which `python -m moe.reshard` writes and this runs if missing."""
+    import yaml
+
+    from moe.reshard import consolidated_fp32, convert, is_converted
+    from moe.train.checkpoint import checkpoint_dir
+    tag_dir = checkpoint_dir(run_dir) / tag
+    if fp32 is None:
+        recipe = tag_dir / "recipe.yaml"
+        fp32 = recipe.is_file() and yaml.safe_load(recipe.read_text())["train"]["precision"] != "fp32"
+    if not fp32:
+        return consolidated_state_dict(tag_dir)
+    if not is_converted(tag_dir):
+        convert(run_dir, tag)
+    return consolidated_fp32(tag_dir)
+
+
+def export(run_dir: Path, out_dir: Path, tag: str | None = None, fp32: bool | None = None) -> Path:
     from transformers import AutoTokenizer
 
     from moe.model import MoEGPTConfig
@@ -127,8 +143,12 @@ def export(run_dir: Path, out_dir: Path, tag: str | None = None) -> Path:
     tag = tag or latest_tag(run_dir)
     if tag is None:
         raise ConfigError(f"no complete checkpoint in {checkpoint_dir(run_dir)}")
+    if json.loads((run_dir / "model_config" / "config.json").read_text())["model_type"] != MoEGPTConfig.model_type:
+        from moe.export_autoep import export_autoep  # moe.impl=autoep: a stock HF family already
+        export_autoep(run_dir, checkpoint_dir(run_dir) / tag, out_dir)
+        return out_dir
     config = MoEGPTConfig.from_pretrained(run_dir / "model_config")
-    hf_model = to_hf_model(config, consolidated_state_dict(checkpoint_dir(run_dir) / tag))
+    hf_model = to_hf_model(config, checkpoint_weights(run_dir, tag, fp32))
     out_dir.mkdir(parents=True, exist_ok=True)
     hf_model.save_pretrained(out_dir)
     AutoTokenizer.from_pretrained(run_dir / "tokenizer").save_pretrained(out_dir)
@@ -140,9 +160,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("run_dir", type=Path, help="runs/<run_name>")
     p.add_argument("out_dir", type=Path)
     p.add_argument("--tag", default=None, help="checkpoint tag (default: the newest complete one)")
+    p.add_argument("--fp32", action=argparse.BooleanOptionalAction, default=None,
+                   help="export the fp32 master weights (default: when the run trained in bf16/fp16)")
     args = p.parse_args(argv)
     try:
-        out = export(args.run_dir, args.out_dir, args.tag)
+        out = export(args.run_dir, args.out_dir, args.tag, args.fp32)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -9,7 +9,7 @@ import argparse
 import sys
 
 from moe.config import ConfigError, Resolved, load_ds_config, load_recipe, resolve, split_overrides, to_dict
-from moe.train.checkpoint import check_resume  # noqa: E402
+from moe.train.checkpoint import check_resume, run_layout  # noqa: E402
 
 
 def preflight(args: argparse.Namespace, world_size: int, cuda: bool) -> Resolved:
@@ -17,7 +17,8 @@ def preflight(args: argparse.Namespace, world_size: int, cuda: bool) -> Resolved
     recipe = load_recipe(args.recipe, recipe_overrides)
     ds_config = load_ds_config(args.ds_config, ds_overrides)
     resolved = resolve(recipe, ds_config, world_size, args.ds_config, cuda=cuda)
-    check_resume(resolved.run_dir, args.resume, to_dict(resolved.recipe))
+    recipe_dict = to_dict(resolved.recipe)
+    check_resume(resolved.run_dir, args.resume, recipe_dict, run_layout(recipe_dict, resolved.ds_config, world_size))
     return resolved
 
 

@@ -74,7 +74,15 @@ def _coerce(tp: Any, value: Any, where: str, key: str) -> Any:
         if value is None and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]
-        return _coerce(inner[0], value, where, key)
+        if len(inner) == 1:
+            return _coerce(inner[0], value, where, key)
+        for option in inner:  # e.g. int | list[int]: the first type the value fits
+            try:
+                return _coerce(option, value, where, key)
+            except ConfigError:
+                pass
+        names = " or ".join(_type_name(a) for a in inner)
+        raise ConfigError(f"{where}: '{key}' must be {names}, got {_show(value)}")
     if dataclasses.is_dataclass(tp):
         return from_dict(tp, value if value is not None else {}, where, prefix=f"{key}.")
     if origin is list:
@@ -100,3 +108,10 @@ def _show(value: Any) -> str:
 
 def to_dict(recipe: Recipe) -> dict:
     return dataclasses.asdict(recipe)
+
+
+def _type_name(tp: Any) -> str:
+    """int -> 'int', list[int] -> 'a list of int'."""
+    if typing.get_origin(tp) is list:
+        return f"a list of {_type_name(typing.get_args(tp)[0])}"
+    return tp.__name__

@@ -95,6 +95,8 @@ def resolve(recipe: Recipe, ds_config: dict, world_size: int, ds_config_path: st
     _merge_precision(recipe, ds, where, cuda)
     _validate_model(recipe)
     _validate_moe(recipe, ds, world_size, where)
+    _validate_impl(recipe, ds, where)
+    _validate_init_from(recipe)
     _validate_data(recipe)
     _validate_train(recipe)
 
@@ -191,23 +193,168 @@ def _validate_moe(recipe: Recipe, ds: dict, world_size: int, where: str) -> None
     moe = recipe.moe
     if not moe.enabled:
         return
-    if moe.num_experts < 1 or not 1 <= moe.top_k <= moe.num_experts:
-        raise ConfigError(f"moe.top_k={moe.top_k} must be between 1 and moe.num_experts={moe.num_experts}")
-    if moe.ep_size < 1 or moe.num_experts % moe.ep_size:
-        raise ConfigError(f"moe.num_experts={moe.num_experts} is not divisible by moe.ep_size={moe.ep_size}")
+    if moe.impl == "autoep":
+        _refuse_native_routing_options(moe)
+    if moe.interval < 1 or moe.interval > recipe.model.n_layers:
+        raise ConfigError(f"moe.interval={moe.interval} must be between 1 and model.n_layers={recipe.model.n_layers}")
+    if isinstance(moe.num_experts, list):  # PR-MoE: one count per MoE layer
+        moe_layers = recipe.model.n_layers // moe.interval
+        if len(moe.num_experts) != moe_layers:
+            layers = f"{moe_layers} MoE layer{'s' * (moe_layers != 1)}"
+            raise ConfigError(f"moe.num_experts lists {len(moe.num_experts)} expert counts but the model has {layers} "
+                              f"(model.n_layers={recipe.model.n_layers}, moe.interval={moe.interval}); give one count "
+                              f"per MoE layer")
+        named = [(f"moe.num_experts[{i}]", count) for i, count in enumerate(moe.num_experts)]
+    else:
+        named = [("moe.num_experts", moe.num_experts)]
+    for name, count in named:
+        if count < 1 or not 1 <= moe.top_k <= count:
+            raise ConfigError(f"moe.top_k={moe.top_k} must be between 1 and {name}={count}")
+        if moe.ep_size < 1 or count % moe.ep_size:
+            raise ConfigError(f"{name}={count} is not divisible by moe.ep_size={moe.ep_size}")
     if world_size % moe.ep_size:
         raise ConfigError(f"world size {world_size} is not divisible by moe.ep_size={moe.ep_size}; "
                           f"launch a multiple of {moe.ep_size} ranks or lower moe.ep_size")
-    if moe.interval < 1 or moe.interval > recipe.model.n_layers:
-        raise ConfigError(f"moe.interval={moe.interval} must be between 1 and model.n_layers={recipe.model.n_layers}")
     if moe.noisy_gate_policy not in NOISY_GATE_POLICIES:
         raise ConfigError(f"moe.noisy_gate_policy must be null, Jitter or RSample, got {moe.noisy_gate_policy!r}")
     if moe.capacity_factor <= 0 or moe.eval_capacity_factor <= 0:
         raise ConfigError("moe.capacity_factor and moe.eval_capacity_factor must be positive")
+    _validate_balancing(moe)
     stage = _get(ds, "zero_optimization.stage") or 0
-    if stage == 3:
+    if stage == 3 and moe.impl == "deepspeed":
         raise ConfigError(f"{where}: DeepSpeed refuses native MoE (deepspeed.moe.layer.MoE) under ZeRO-3; "
                           f"use ds_configs/zero2.json (ZeRO 0/1/2), or moe.enabled=false for a dense model")
+
+
+# Router options of our RouterGate (moe/model/gate.py) on the moe.impl=deepspeed path
+ROUTER_LOSS_KEYS = ("z_loss_coef", "seq_aux_loss_coef", "bias_update_rate")
+
+
+def _refuse_native_routing_options(moe) -> None:
+    if isinstance(moe.num_experts, list):
+        raise ConfigError(f"moe.num_experts={moe.num_experts} (PR-MoE, one count per layer) needs moe.impl=deepspeed; "
+                          f"AutoEP gives every MoE layer of an HF family the same moe.num_experts")
+    for key in ROUTER_LOSS_KEYS:
+        if getattr(moe, key):
+            why = ("DeepSpeed's AutoEP rejects load_balance_coeff, its aux-loss-free balancing"
+                   if key == "bias_update_rate" else "AutoEP routes with the HF family's own router")
+            raise ConfigError(f"moe.{key}={getattr(moe, key)} needs moe.impl=deepspeed ({why}); remove it for "
+                              f"moe.impl=autoep")
+
+
+def _validate_balancing(moe) -> None:
+    for key in ROUTER_LOSS_KEYS:
+        if getattr(moe, key) < 0:
+            raise ConfigError(f"moe.{key} must be >= 0, got {getattr(moe, key)}")
+    if not moe.bias_update_rate:
+        return
+    # The bias decides a deterministic top-k choice; DeepSpeed's sampled choices would override it.
+    if moe.noisy_gate_policy == "RSample":
+        raise ConfigError("moe.noisy_gate_policy=RSample samples the top-1 expert, but moe.bias_update_rate selects "
+                          "by biased scores; use noisy_gate_policy Jitter or null")
+    if moe.top_k == 2 and moe.top2_2nd_expert_sampling:
+        raise ConfigError("moe.top2_2nd_expert_sampling samples the 2nd expert, but moe.bias_update_rate selects "
+                          "both by biased scores; set moe.top2_2nd_expert_sampling=false")
+    if moe.top_k == 1 and moe.drop_tokens and moe.use_rts:
+        raise ConfigError("moe.use_rts drops random tokens, but with moe.bias_update_rate a full expert keeps its "
+                          "highest-probability tokens; set moe.use_rts=false, or moe.drop_tokens=false (dropless)")
+
+
+IMPLS = ("deepspeed", "autoep")
+# Native-path options (deepspeed.moe.layer.MoE) and their defaults; AutoEP is dropless and has none of them.
+NATIVE_ONLY = {"capacity_factor": 1.0, "eval_capacity_factor": 1.0, "min_capacity": 4, "noisy_gate_policy": None,
+               "use_residual": False}
+
+
+def _validate_impl(recipe: Recipe, ds: dict, where: str) -> None:
+    """moe.impl picks the MoE path; for AutoEP, write the ds_config `expert_parallel` section or check it."""
+    m, moe = recipe.model, recipe.moe
+    if moe.impl not in IMPLS:
+        raise ConfigError(f"moe.impl must be one of {', '.join(IMPLS)}, got {moe.impl!r}")
+    if moe.impl == "deepspeed":
+        if m.family != "gpt":
+            raise ConfigError(f"model.family={m.family} is an HF family, trained through AutoEP: set moe.impl=autoep "
+                              f"(moe.impl=deepspeed trains model.family=gpt)")
+        if m.hf_config:
+            raise ConfigError("model.hf_config applies to moe.impl=autoep families only")
+        if ds.get("expert_parallel", {}).get("enabled"):
+            raise ConfigError(f"{where} enables expert_parallel (AutoEP), which needs moe.impl=autoep and an HF "
+                              f"model.family; remove the section for moe.impl=deepspeed")
+        return
+    _validate_autoep(recipe, ds, where)
+
+
+def _validate_autoep(recipe: Recipe, ds: dict, where: str) -> None:
+    from moe.model.hf_families import FAMILIES, init_from_mismatches, unknown_hf_config_keys
+    m, moe = recipe.model, recipe.moe
+    if m.family not in FAMILIES:
+        raise ConfigError(f"moe.impl=autoep needs model.family in {', '.join(FAMILIES)}, got {m.family!r}")
+    if not moe.enabled:
+        raise ConfigError("moe.impl=autoep needs moe.enabled=true; a dense baseline is moe.impl=deepspeed with "
+                          "moe.enabled=false")
+    for key, default in NATIVE_ONLY.items():
+        if getattr(moe, key) != default:
+            raise ConfigError(f"moe.{key}={getattr(moe, key)} is a deepspeed.moe option; AutoEP routes dropless "
+                              f"without it: remove it, or use moe.impl=deepspeed")
+    family = FAMILIES[m.family]
+    if moe.interval != 1 and not family.any_interval:
+        raise ConfigError(f"model.family={m.family} makes every layer MoE: set moe.interval=1 (qwen3_moe interleaves "
+                          f"dense layers)")
+    if moe.aux_loss_coef and not family.aux_loss:
+        raise ConfigError(f"model.family={m.family} computes no aux loss in transformers (it balances with a "
+                          f"routing bias): set moe.aux_loss_coef=0")
+    if m.family == "deepseek_v3" and m.n_kv_heads not in (None, m.n_heads):
+        raise ConfigError("model.family=deepseek_v3 uses multi-head latent attention, which has no grouped-query "
+                          "heads: remove model.n_kv_heads")
+    unknown = unknown_hf_config_keys(m.family, m.hf_config)
+    if unknown:
+        raise ConfigError(f"model.hf_config: {family.config_class} has no field '{unknown[0]}'")
+    if m.init_from:
+        if not (Path(m.init_from).expanduser() / "config.json").is_file():
+            raise ConfigError(f"model.init_from: no HF model folder (config.json) at {m.init_from}")
+        if recipe.data.tokenizer == "bpe":
+            raise ConfigError("model.init_from needs the checkpoint's own tokenizer: set data.tokenizer to its folder")
+        mismatches = init_from_mismatches(recipe)
+        if mismatches:
+            raise ConfigError(f"model.init_from {m.init_from} does not match the recipe: {mismatches[0]}")
+    stage = _get(ds, "zero_optimization.stage") or 0
+    if stage == 0:
+        raise ConfigError(f"{where}: AutoEP is supported (and tested) under ZeRO 1, 2 and 3; use ds_configs/zero1.json, zero2.json or "
+                          f"zero3.json")
+    wanted = {"enabled": True, "autoep_size": moe.ep_size, "preset_model": m.family}
+    section = ds.setdefault("expert_parallel", {})
+    for key, value in wanted.items():
+        if key in section and section[key] != value:
+            recipe_side = {"enabled": "moe.impl=autoep", "autoep_size": f"moe.ep_size={moe.ep_size}",
+                           "preset_model": f"model.family={m.family}"}[key]
+            raise ConfigError(f"expert_parallel.{key}={section[key]} in {where} disagrees with {recipe_side} in the "
+                              f"recipe; set it in one place")
+        section[key] = value
+
+
+def _validate_init_from(recipe: Recipe) -> None:
+    """moe.impl=deepspeed: model.init_from (an HF Mixtral / Qwen2-MoE / Llama folder) and model.upcycle must fit the
+    recipe's shape (moe/model/hf_import.py); model.vocab_size defaults to the checkpoint's."""
+    m = recipe.model
+    if m.upcycle and not m.init_from:
+        raise ConfigError("model.upcycle needs model.init_from: the dense HF Llama folder to copy into the experts")
+    if recipe.moe.impl != "deepspeed":
+        if m.upcycle:
+            raise ConfigError("model.upcycle applies to moe.impl=deepspeed (our GPT); remove it for moe.impl=autoep")
+        return  # AutoEP checks its own init_from (_validate_autoep)
+    if not m.init_from:
+        return
+    if not (Path(m.init_from).expanduser() / "config.json").is_file():
+        raise ConfigError(f"model.init_from: no HF model folder (config.json) at {m.init_from}")
+    if recipe.data.tokenizer == "bpe":
+        raise ConfigError("model.init_from needs the checkpoint's own tokenizer: set data.tokenizer to its folder")
+    from moe.model.hf_import import init_from_problem, read_hf_config
+    hf = read_hf_config(m.init_from)
+    if m.vocab_size is None:
+        m.vocab_size = hf.vocab_size  # the checkpoint's embedding rows, whatever the tokenizer's length
+    problem = init_from_problem(recipe, hf)
+    if problem:
+        raise ConfigError(problem)
 
 
 def _validate_data(recipe: Recipe) -> None:

@@ -13,6 +13,10 @@ from typing import Optional
 @dataclass
 class ModelConfig:
     """Decoder-only transformer shape."""
+    family: str = "gpt"  # gpt (ours, moe.impl=deepspeed) | mixtral | qwen3_moe | deepseek_v3 (HF classes, moe.impl=autoep)
+    init_from: Optional[str] = None  # start from weights on disk: an HF model folder (continued pretraining)
+    upcycle: bool = False  # init_from is a dense Llama: every expert starts as its layer's MLP, the router at zero
+    hf_config: dict = field(default_factory=dict)  # moe.impl=autoep: extra fields of the HF family's config class
     d_model: int = 256
     n_layers: int = 4
     n_heads: int = 4
@@ -30,7 +34,8 @@ class ModelConfig:
 class MoEConfig:
     """Mixture-of-Experts settings; `enabled: false` gives the dense baseline of the same recipe."""
     enabled: bool = True
-    num_experts: int = 4
+    impl: str = "deepspeed"  # deepspeed = deepspeed.moe.layer.MoE in our GPT | autoep = DeepSpeed AutoEP on an HF family
+    num_experts: int | list[int] = 4  # or one count per MoE layer, in layer order (PR-MoE pyramid: [4, 8])
     top_k: int = 2
     interval: int = 2  # every Nth MLP is a MoE layer (layers N-1, 2N-1, ...)
     expert_d_ff: Optional[int] = None  # None = model.d_ff
@@ -44,6 +49,9 @@ class MoEConfig:
     use_residual: bool = False  # Residual-MoE: a dense MLP beside the experts
     top2_2nd_expert_sampling: bool = True
     aux_loss_coef: float = 0.01
+    z_loss_coef: float = 0.0  # ST-MoE router z-loss: mean over tokens of logsumexp(router logits)^2
+    seq_aux_loss_coef: float = 0.0  # DeepSeek-V3 sequence-wise balance loss (per sequence, averaged over sequences)
+    bias_update_rate: float = 0.0  # DeepSeek-V3 aux-loss-free balancing: per-expert routing bias step (0 = off)
 
 
 @dataclass

@@ -3,6 +3,8 @@
 The sample stream is the concatenation of per-epoch permutations, each seeded by (seed, epoch). Global
 micro-batch m covers stream positions [m*G, (m+1)*G) with G = micro_batch * dp_size, and data-parallel rank r
 takes its contiguous slice. A batch is a pure function of (seed, m), so resuming at m continues exactly.
+The trainer addresses batches by stream position instead (`at_sample(samples consumed)`), so a run resumed with
+another data-parallel size, micro-batch or accumulation continues at the next unseen sample.
 """
 from __future__ import annotations
 
@@ -31,6 +33,10 @@ class BlockBatches:
 
     def batch(self, micro_step: int) -> torch.Tensor:
         """The (micro_batch, seq_len) int64 batch this rank trains on at global micro-step `micro_step`."""
-        start = micro_step * self.samples_per_micro_step + self.dp_rank * self.micro_batch
+        return self.at_sample(micro_step * self.samples_per_micro_step)
+
+    def at_sample(self, position: int) -> torch.Tensor:
+        """This rank's (micro_batch, seq_len) int64 slice of the global micro-batch starting at stream `position`."""
+        start = position + self.dp_rank * self.micro_batch
         rows = [self._block_index(p) for p in range(start, start + self.micro_batch)]
         return self.blocks[rows]["input_ids"].long()

@@ -16,6 +16,7 @@ from moe.model.configuration import MoEGPTConfig
 from moe.model.modeling import MoEGPTForCausalLM
 
 LOCAL_EXPERT = re.compile(r"^(.*\.deepspeed_experts\.)(\d+)(\..*)$")
+LAYER_INDEX = re.compile(r"(?:^|\.)layers\.(\d+)\.")
 OUTPUT_PROJECTIONS = ("o_proj.weight", "down_proj.weight")
 
 
@@ -25,19 +26,29 @@ def build_model(config: MoEGPTConfig, seed: int, ep_rank: int = 0) -> MoEGPTForC
     return model
 
 
-def global_param_name(name: str, ep_rank: int, num_local_experts: int) -> str:
-    """Map a local expert parameter name to its global expert index; other names pass through."""
+def global_param_name(name: str, ep_rank: int, num_local_experts: int | dict[int, int]) -> str:
+    """Map a local expert parameter name to its global expert index; other names pass through.
+
+    num_local_experts: experts per rank, the same in every MoE layer (an int), or per layer index (a dict, as
+    `local_expert_counts` gives; PR-MoE layers differ)."""
     match = LOCAL_EXPERT.match(name)
     if not match:
         return name
+    if isinstance(num_local_experts, dict):
+        num_local_experts = num_local_experts[int(LAYER_INDEX.search(name).group(1))]
     global_idx = ep_rank * num_local_experts + int(match.group(2))
     return f"{match.group(1)}{global_idx}{match.group(3)}"
+
+
+def local_expert_counts(config: MoEGPTConfig) -> dict[int, int]:
+    """{MoE layer index: experts held by each expert-parallel rank}."""
+    return {i: config.experts_in_layer(i) // config.ep_size for i in config.moe_layer_ids()}
 
 
 @torch.no_grad()
 def init_deterministic(model: MoEGPTForCausalLM, seed: int, ep_rank: int = 0) -> None:
     config = model.config
-    num_local = config.num_experts // config.ep_size
+    num_local = local_expert_counts(config)
     std = config.init_std
     out_std = std / math.sqrt(2 * config.n_layers)  # GPT-2: scale residual-branch outputs by depth
     for name, param in model.named_parameters():

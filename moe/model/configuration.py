@@ -14,7 +14,8 @@ class MoEGPTConfig(PretrainedConfig):
                  expert_d_ff: int | None = None, ep_size: int = 1, capacity_factor: float = 1.0,
                  eval_capacity_factor: float = 1.0, min_capacity: int = 4, drop_tokens: bool = True,
                  use_rts: bool = True, noisy_gate_policy: str | None = None, use_residual: bool = False,
-                 top2_2nd_expert_sampling: bool = True, aux_loss_coef: float = 0.01,
+                 top2_2nd_expert_sampling: bool = True, aux_loss_coef: float = 0.01, z_loss_coef: float = 0.0,
+                 seq_aux_loss_coef: float = 0.0, bias_update_rate: float = 0.0,
                  tie_word_embeddings: bool = False, **kwargs):
         self.vocab_size = vocab_size
         self.d_model = d_model
@@ -27,7 +28,7 @@ class MoEGPTConfig(PretrainedConfig):
         self.norm_eps = norm_eps
         self.init_std = init_std
         self.moe_enabled = moe_enabled
-        self.num_experts = num_experts
+        self.num_experts = num_experts  # an int, or one count per MoE layer (PR-MoE pyramid)
         self.num_experts_per_tok = num_experts_per_tok
         self.moe_interval = moe_interval
         self.expert_d_ff = expert_d_ff or self.d_ff
@@ -41,6 +42,9 @@ class MoEGPTConfig(PretrainedConfig):
         self.use_residual = use_residual
         self.top2_2nd_expert_sampling = top2_2nd_expert_sampling
         self.aux_loss_coef = aux_loss_coef
+        self.z_loss_coef = z_loss_coef
+        self.seq_aux_loss_coef = seq_aux_loss_coef
+        self.bias_update_rate = bias_update_rate
         # HF generic names, read by generate() and friends
         self.hidden_size = d_model
         self.num_hidden_layers = n_layers
@@ -50,6 +54,15 @@ class MoEGPTConfig(PretrainedConfig):
     def is_moe_layer(self, layer_idx: int) -> bool:
         """Every `moe_interval`-th MLP is a MoE layer: layers interval-1, 2*interval-1, ..."""
         return self.moe_enabled and (layer_idx + 1) % self.moe_interval == 0
+
+    def moe_layer_ids(self) -> list[int]:
+        return [i for i in range(self.n_layers) if self.is_moe_layer(i)]
+
+    def experts_in_layer(self, layer_idx: int) -> int:
+        """Number of experts of MoE layer `layer_idx`: `num_experts`, or its entry in the per-MoE-layer list."""
+        if isinstance(self.num_experts, int):
+            return self.num_experts
+        return self.num_experts[self.moe_layer_ids().index(layer_idx)]
 
 
 def default_d_ff(d_model: int) -> int:
@@ -67,4 +80,5 @@ def config_from_recipe(recipe, vocab_size: int) -> MoEGPTConfig:
         eval_capacity_factor=e.eval_capacity_factor, min_capacity=e.min_capacity, drop_tokens=e.drop_tokens,
         use_rts=e.use_rts, noisy_gate_policy=e.noisy_gate_policy, use_residual=e.use_residual,
         top2_2nd_expert_sampling=e.top2_2nd_expert_sampling, aux_loss_coef=e.aux_loss_coef,
+        z_loss_coef=e.z_loss_coef, seq_aux_loss_coef=e.seq_aux_loss_coef, bias_update_rate=e.bias_update_rate,
         tie_word_embeddings=m.tie_embeddings)

@@ -25,24 +25,27 @@ class Block(nn.Module):
         self.is_moe = config.is_moe_layer(layer_idx)
         if self.is_moe:
             from moe.model.moe_block import MoEMLP  # imports deepspeed only for MoE models
-            self.mlp = MoEMLP(config)
+            self.mlp = MoEMLP(config, config.experts_in_layer(layer_idx))
         else:
             self.mlp = SwiGLU(config.d_model, config.d_ff)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, tuple | None]:
+        """x: (B, T, d) -> (B, T, d), and the MoE layer's RouterLosses (None for a dense MLP)."""
         x = x + self.attn(self.attn_norm(x), cos, sin)  # (B, T, d)
         h = self.mlp_norm(x)
         if self.is_moe:
-            out, aux = self.mlp(h)
+            out, losses = self.mlp(h)
         else:
-            out, aux = self.mlp(h), x.new_zeros(())
-        return x + out, aux
+            out, losses = self.mlp(h), None
+        return x + out, losses
 
 
 @dataclass
 class MoECausalLMOutput(CausalLMOutput):
     lm_loss: torch.Tensor | None = None
-    aux_loss: torch.Tensor | None = None
+    aux_loss: torch.Tensor | None = None  # DeepSpeed's balance loss, summed over MoE layers (unscaled)
+    z_loss: torch.Tensor | None = None  # router z-loss, summed over MoE layers (unscaled)
+    seq_aux_loss: torch.Tensor | None = None  # sequence-wise balance loss, summed over MoE layers (unscaled)
 
 
 class MoEGPTForCausalLM(PreTrainedModel, GenerationMixin):
@@ -83,16 +86,25 @@ class MoEGPTForCausalLM(PreTrainedModel, GenerationMixin):
         B, T = input_ids.shape
         cos, sin = self.rotary(T, input_ids.device)  # (T, hd/2) each
         x = self.embed_tokens(input_ids)  # (B, T, d)
-        aux_loss = x.new_zeros((), dtype=torch.float32)
+        aux_loss = z_loss = seq_aux_loss = x.new_zeros((), dtype=torch.float32)
         for layer in self.layers:
-            x, aux = layer(x, cos, sin)
-            aux_loss = aux_loss + aux.float()
+            x, losses = layer(x, cos, sin)
+            if losses is not None:
+                aux_loss = aux_loss + losses.balance.float()
+                z_loss = z_loss + losses.z.float()
+                seq_aux_loss = seq_aux_loss + losses.seq_aux.float()
         logits = self.lm_head(self.norm(x))  # (B, T, V)
         loss = lm_loss = None
         if labels is not None:
+            c = self.config
             lm_loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100)
-            loss = lm_loss + self.config.aux_loss_coef * aux_loss
-        return MoECausalLMOutput(loss=loss, logits=logits, lm_loss=lm_loss, aux_loss=aux_loss)
+            loss = lm_loss + c.aux_loss_coef * aux_loss
+            if c.z_loss_coef:  # skipped at 0: the term then carries no gradient (moe/model/gate.py)
+                loss = loss + c.z_loss_coef * z_loss
+            if c.seq_aux_loss_coef:
+                loss = loss + c.seq_aux_loss_coef * seq_aux_loss
+        return MoECausalLMOutput(loss=loss, logits=logits, lm_loss=lm_loss, aux_loss=aux_loss, z_loss=z_loss,
+                                 seq_aux_loss=seq_aux_loss)
 
     def prepare_inputs_for_generation(self, input_ids: torch.Tensor, **kwargs) -> dict:
         # No KV cache: each step re-runs the whole (short) context; the MoE gate needs whole sequences anyway.

@@ -1,4 +1,5 @@
-"""Router telemetry of one MoE layer: tokens per expert, load imbalance, dropped tokens, router entropy, aux loss.
+"""Router telemetry of one MoE layer: tokens per expert, load imbalance, dropped tokens, router entropy, and the
+router losses (balance aux loss, z-loss, sequence-wise balance loss).
 
 Collected by a forward hook on DeepSpeed's TopKGate from what the gate already returns (the dispatch mask) plus
 a recomputed softmax of the router logits (an S x d x E matmul, small next to the experts). Sums stay on this
@@ -17,8 +18,9 @@ class RouterStats:
     def __init__(self, gate: torch.nn.Module, num_experts: int, top_k: int):
         self.num_experts, self.top_k = num_experts, top_k
         self.enabled = True
-        # [kept tokens per expert (E) | entropy sum | tokens | routing slots requested | aux sum | aux count]
-        self.sums = torch.zeros(num_experts + 5, dtype=torch.float64)
+        # [kept tokens per expert (E) | entropy sum | tokens | routing slots requested | aux sum | loss count |
+        #  z-loss sum | seq-aux sum]; the layers of a PR-MoE model have different E, hence different widths
+        self.sums = torch.zeros(num_experts + 7, dtype=torch.float64)
         gate.register_forward_hook(self._on_gate)
 
     def reset(self) -> None:
@@ -31,18 +33,26 @@ class RouterStats:
         x = inputs[0].reshape(-1, inputs[0].shape[-1])  # (S, d)
         probs = F.softmax(F.linear(x.float(), gate.wg.weight.float()), dim=-1)  # (S, E)
         entropy = -(probs * probs.clamp_min(1e-20).log()).sum()
-        if self.sums.device != x.device:
-            self.sums = self.sums.to(x.device)
+        self._move_to(x.device)
         E = self.num_experts
         self.sums[:E] += kept_per_expert(output, E)
         self.sums[E] += entropy
         self.sums[E + 1] += x.shape[0]
         self.sums[E + 2] += x.shape[0] * self.top_k
 
-    def record_aux_loss(self, aux_loss: torch.Tensor) -> None:
-        if self.enabled and torch.is_grad_enabled():
-            self.sums[-2] += aux_loss.detach()
-            self.sums[-1] += 1
+    def _move_to(self, device: torch.device) -> None:
+        if self.sums.device != device:  # a meta tensor (built by from_pretrained) holds no sums yet
+            self.sums = torch.zeros_like(self.sums, device=device) if self.sums.is_meta else self.sums.to(device)
+
+    def record_losses(self, losses, training: bool) -> None:
+        """losses: a RouterLosses (balance, z, seq_aux) of one forward; recorded for training forwards only."""
+        if self.enabled and training and torch.is_grad_enabled():
+            E = self.num_experts
+            self._move_to(losses.balance.device)
+            self.sums[E + 3] += losses.balance.detach()
+            self.sums[E + 4] += 1
+            self.sums[E + 5] += losses.z.detach()
+            self.sums[E + 6] += losses.seq_aux.detach()
 
 
 def kept_per_expert(gate_output: tuple, num_experts: int) -> torch.Tensor:
@@ -55,11 +65,12 @@ def kept_per_expert(gate_output: tuple, num_experts: int) -> torch.Tensor:
 
 
 def summarize(sums: torch.Tensor, num_experts: int) -> dict:
-    """Metrics from (all-reduced) sums: a dict of scalars plus tokens_per_expert as a list."""
+    """Metrics from (all-reduced) sums of width E + 5, or E + 7 with the z-loss and seq-aux sums (RouterStats):
+    a dict of scalars plus tokens_per_expert as a list."""
     kept = sums[:num_experts]
-    entropy, tokens, requested, aux_sum, aux_count = sums[num_experts:].tolist()
+    entropy, tokens, requested, aux_sum, aux_count, *loss_sums = sums[num_experts:].tolist()
     mean_load = float(kept.mean())
-    return {
+    out = {
         "tokens_per_expert": [int(c) for c in kept.tolist()],
         "max_mean_load": float(kept.max()) / mean_load if mean_load else 0.0,
         "dropped_frac": 1.0 - float(kept.sum()) / requested if requested else 0.0,
@@ -67,3 +78,6 @@ def summarize(sums: torch.Tensor, num_experts: int) -> dict:
         "router_entropy_norm": entropy / tokens / math.log(num_experts) if tokens and num_experts > 1 else 0.0,
         "aux_loss": aux_sum / aux_count if aux_count else 0.0,
     }
+    for name, total in zip(("z_loss", "seq_aux_loss"), loss_sums):
+        out[name] = total / aux_count if aux_count else 0.0
+    return out

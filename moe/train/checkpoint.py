@@ -1,6 +1,9 @@
-"""DeepSpeed checkpoints plus what DeepSpeed does not keep: every rank's RNG state and the run's position."""
+"""DeepSpeed checkpoints plus what DeepSpeed does not keep: every rank's RNG state and the run's position; resuming
+at another layout through the checkpoint's layout-free state (moe/reshard.py)."""
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import random
 import shutil
@@ -17,7 +20,9 @@ from moe.config.loader import ConfigError
 SHAPE_SECTIONS = ("model", "moe")
 SHAPE_EXEMPT = {("moe", "ep_size"), ("moe", "aux_loss_coef"), ("moe", "capacity_factor"),
                 ("moe", "eval_capacity_factor"), ("moe", "min_capacity"), ("moe", "drop_tokens"), ("moe", "use_rts"),
-                ("moe", "noisy_gate_policy"), ("moe", "top2_2nd_expert_sampling")}
+                ("moe", "noisy_gate_policy"), ("moe", "top2_2nd_expert_sampling"),
+                ("moe", "z_loss_coef"), ("moe", "seq_aux_loss_coef")}
+SHAPE_EXEMPT |= {("model", "init_from"), ("model", "upcycle")}  # where the first weights came from, not a shape
 
 
 COMPLETE = "COMPLETE"  # written last, after every rank's files: a tag without it is a save that died
@@ -50,8 +55,11 @@ def latest_tag(run_dir: Path) -> str | None:
     return tags[-1] if tags else None
 
 
-def check_resume(run_dir: Path, resume: bool, recipe_dict: dict) -> None:
-    """Before anything is written: refuse to overwrite a run, to resume nothing, or to resume another shape."""
+def check_resume(run_dir: Path, resume: bool, recipe_dict: dict, layout: dict | None = None) -> None:
+    """Before anything is written: refuse to overwrite a run, to resume nothing, or to resume another shape.
+
+    layout: this run's `run_layout`. Resuming at another one (rank count, moe.ep_size, ZeRO stage, precision) needs
+    the checkpoint's layout-free state; without it, the refusal names the `python -m moe.reshard` command."""
     tag = latest_tag(run_dir)
     if tag and not resume:
         raise ConfigError(f"{run_dir} already holds a run (checkpoint {tag}); pass --resume to continue it "
@@ -67,6 +75,45 @@ def check_resume(run_dir: Path, resume: bool, recipe_dict: dict) -> None:
                 if (section, key) not in SHAPE_EXEMPT and old != value:
                     raise ConfigError(f"--resume: checkpoint {tag} was trained with {section}.{key}={old}, "
                                       f"this recipe has {value}; the model shapes do not match")
+        _check_layout(run_dir, tag, layout)
+
+
+def run_layout(recipe_dict: dict, ds_config: dict, world_size: int) -> dict | None:
+    """What DeepSpeed's load_checkpoint needs to be unchanged since the save (rank count, EP size, ZeRO stage,
+    precision); None for moe.impl=autoep, whose checkpoints go through DeepSpeed's universal checkpoint."""
+    if recipe_dict["moe"].get("impl", "deepspeed") != "deepspeed":
+        return None
+    return {"world_size": world_size, "ep_size": recipe_dict["moe"]["ep_size"] if recipe_dict["moe"]["enabled"] else 1,
+            "zero_stage": (ds_config.get("zero_optimization") or {}).get("stage", 0),
+            "precision": recipe_dict["train"]["precision"]}
+
+
+def saved_layout(tag_dir: Path) -> dict | None:
+    """The layout that wrote `tag_dir`, from its recipe.yaml and ds_config.json (world size = global batch /
+    (micro-batch x accumulation)); None when it has neither (or is an AutoEP checkpoint)."""
+    recipe_path, ds_path = tag_dir / "recipe.yaml", tag_dir / "ds_config.json"
+    if not recipe_path.is_file() or not ds_path.is_file():
+        return None
+    ds = json.loads(ds_path.read_text())
+    world_size = ds["train_batch_size"] // (ds["train_micro_batch_size_per_gpu"] * ds["gradient_accumulation_steps"])
+    return run_layout(yaml.safe_load(recipe_path.read_text()), ds, world_size)
+
+
+def describe_layout(layout: dict) -> str:
+    ranks = layout["world_size"]
+    return (f"{ranks} rank{'s' * (ranks != 1)}, moe.ep_size={layout['ep_size']}, ZeRO-{layout['zero_stage']}, "
+            f"{layout['precision']}")
+
+
+def _check_layout(run_dir: Path, tag: str, layout: dict | None) -> None:
+    from moe.reshard import is_converted, reshard_command
+    tag_dir = checkpoint_dir(run_dir) / tag
+    saved = saved_layout(tag_dir)
+    if layout is None or saved is None or saved == layout or is_converted(tag_dir):
+        return
+    raise ConfigError(f"--resume: checkpoint {tag} was saved with {describe_layout(saved)}, this run has "
+                      f"{describe_layout(layout)}; DeepSpeed loads expert and ZeRO shards only at their own layout: "
+                      f"convert it once with `{reshard_command(run_dir, tag)}`, then resume")
 
 
 def rng_state() -> dict:
@@ -141,12 +188,37 @@ def code_version() -> dict:
     return info
 
 
-def load(engine, run_dir: Path) -> tuple[str, dict]:
+def load(engine, run_dir: Path, layout: dict | None = None, seed: int = 0) -> tuple[str, dict]:
+    """Restore the latest checkpoint into `engine`; returns (tag, client state).
+
+    At the checkpoint's own layout (or layout None): DeepSpeed's load_checkpoint and every rank's RNG state, so the
+    run continues bit for bit. At another layout: its layout-free state (moe/reshard.py). RNG streams belong to
+    ranks, so they carry over only when the rank count is unchanged (only moe.ep_size / ZeRO stage / precision
+    differ); otherwise every rank re-seeds from (seed, step, rank), deterministically but not as the
+    uninterrupted run would have drawn."""
     ckpt, tag = checkpoint_dir(run_dir), latest_tag(run_dir)
-    load_path, client_state = engine.load_checkpoint(str(ckpt), tag=tag)
-    if load_path is None:
-        raise RuntimeError(f"DeepSpeed could not load checkpoint {tag} from {ckpt}")
-    rng_file = ckpt / tag / f"rng_rank{engine.global_rank}.pt"
-    if rng_file.is_file():  # absent when resuming at another world size
+    tag_dir, rank = ckpt / tag, engine.global_rank
+    saved = saved_layout(tag_dir)
+    rng_file = tag_dir / f"rng_rank{rank}.pt"
+    if layout is None or saved is None or saved == layout:
+        load_path, client_state = engine.load_checkpoint(str(ckpt), tag=tag)
+        if load_path is None:
+            raise RuntimeError(f"DeepSpeed could not load checkpoint {tag} from {ckpt}")
+        if rng_file.is_file():
+            set_rng_state(torch.load(rng_file, weights_only=False))
+        return tag, client_state
+    from moe.reshard import load_layout_free
+    client_state = load_layout_free(engine, tag_dir)
+    if saved["world_size"] == layout["world_size"] and rng_file.is_file():
         set_rng_state(torch.load(rng_file, weights_only=False))
+    else:
+        reseed(seed, client_state["step"], rank)
     return tag, client_state
+
+
+def reseed(seed: int, step: int, rank: int) -> None:
+    """Seed python, numpy and torch from (seed, step, rank): a resumed rank whose saved stream does not exist."""
+    value = int.from_bytes(hashlib.sha256(f"{seed}:{step}:{rank}".encode()).digest()[:8], "little") % (2**63)
+    random.seed(value)
+    np.random.seed(value % (2**32))
+    torch.manual_seed(value)

@@ -4,8 +4,10 @@ from __future__ import annotations
 import json
 import math
 import random
+import re
 import sys
 import time
+from contextlib import nullcontext
 from functools import partial
 from pathlib import Path
 
@@ -16,6 +18,7 @@ import yaml
 from moe.cli import parse_trainer_args
 from moe.config import ConfigError, Resolved, to_dict, write_run_folder
 from moe.data import BlockBatches, prepare_data
+from moe.model.gate import update_routing_bias
 from moe.model.router_stats import summarize
 from moe.parallel import all_reduce_mean, all_reduce_sum, barrier, expert_parallel_rank, init_distributed
 from moe.preflight import preflight
@@ -46,7 +49,6 @@ def seed_everything(seed: int) -> None:
 class Trainer:
     def __init__(self, resolved: Resolved, rank: int, resume: bool = False):
         import deepspeed
-        from moe.model import build_model, config_from_recipe
         from moe.train.optim import param_groups
 
         self.resolved, self.rank, self.resume = resolved, rank, resume
@@ -60,18 +62,18 @@ class Trainer:
 
         t = recipe.train
         vocab = (len(self.data.tokenizer) + 63) // 64 * 64  # pad the embedding to a multiple of 64
-        self.model_config = config_from_recipe(recipe, vocab_size=vocab)
+        model = self.build_model(vocab)
+        self.model_config = model.config
         if rank == 0:  # what `moe.export` and generation need besides the weights; fixed for the whole run
             self.data.tokenizer.save_pretrained(self.run_dir / "tokenizer")
             self.model_config.save_pretrained(self.run_dir / "model_config")
-        ep_rank = expert_parallel_rank(recipe.moe.ep_size) if recipe.moe.enabled else 0
-        model = build_model(self.model_config, seed=t.seed, ep_rank=ep_rank)
         weight_decay = resolved.ds_config["optimizer"]["params"]["weight_decay"]
         self.engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=param_groups(model, weight_decay),
                                                     lr_scheduler=partial(build_scheduler, train_cfg=t),
                                                     config=resolved.ds_config)
         install_expert_aware_clipping(self.engine)
-        for block in model.layers:
+        self.autoep_stats = self.autoep_router_stats() if recipe.moe.impl == "autoep" else None
+        for block in getattr(model, "layers", ()):  # our GPT (moe.impl=deepspeed)
             if block.is_moe:
                 block.mlp.router_stats.enabled = recipe.logging.router_stats
         # Seed after model build and engine setup, whose RNG use depends on the layout: gate sampling (RTS, 2nd
@@ -80,15 +82,48 @@ class Trainer:
         self.batches = BlockBatches(self.data.train, t.micro_batch_size, rank, resolved.dp_size, t.seed)
         self.val_batches = BlockBatches(self.data.val, t.micro_batch_size, rank, resolved.dp_size, t.seed,
                                         shuffle=False)
-        self.step = 0
+        self.step = self.samples_consumed = 0  # optimizer steps taken, training samples drawn (global)
         self.code_version = checkpoint.code_version() if rank == 0 else {}
         wandb_id = None
         if resume:
-            tag, client_state = checkpoint.load(self.engine, self.run_dir)
+            layout = checkpoint.run_layout(to_dict(recipe), resolved.ds_config, resolved.world_size)
+            tag, client_state = checkpoint.load(self.engine, self.run_dir, layout, seed=t.seed)
             self.step, wandb_id = client_state["step"], client_state.get("wandb_id")
+            self.samples_consumed = client_state.get("samples_consumed",
+                                                     self.step * resolved.ds_config["train_batch_size"])
             if rank == 0:
                 print(f"resumed from {tag}: step {self.step}", flush=True)
         self.metrics = MetricsLog(self.run_dir, resolved.as_dict(), recipe, wandb_id, self.step) if rank == 0 else None
+
+    def build_model(self, vocab: int) -> torch.nn.Module:
+        recipe, seed = self.recipe, self.recipe.train.seed
+        if recipe.moe.impl == "autoep":  # a stock HF family; deepspeed.initialize makes it expert-parallel
+            from moe.model.hf_families import build_hf_model
+            return build_hf_model(recipe, vocab, seed)
+        from moe.model import build_model, config_from_recipe
+        ep_rank = expert_parallel_rank(recipe.moe.ep_size) if recipe.moe.enabled else 0
+        model = build_model(config_from_recipe(recipe, vocab_size=vocab), seed=seed, ep_rank=ep_rank)
+        if recipe.model.init_from and not self.resume:  # from an HF folder (moe/model/hf_import.py)
+            from moe.model.hf_import import load_init_from
+            load_init_from(model, recipe.model.init_from, ep_rank, upcycle=recipe.model.upcycle)
+        return model
+
+    def autoep_router_stats(self):
+        from moe.model.autoep_stats import AutoEPRouterStats
+        from moe.model.hf_families import FAMILIES, autoep_layers
+        e, family = self.recipe.moe, FAMILIES[self.recipe.model.family]
+        layers = autoep_layers(self.engine.module)
+        stats = AutoEPRouterStats([layer for _, layer in layers], e.num_experts, e.top_k, has_logits=family.aux_loss)
+        stats.layer_ids = [int(re.search(r"layers\.(\d+)\.", name).group(1)) for name, _ in layers]
+        stats.enabled = self.recipe.logging.router_stats
+        return stats
+
+    def loss_parts(self, out) -> tuple[torch.Tensor, torch.Tensor]:
+        """(LM loss, unscaled aux loss) of a forward: our GPT reports both; an HF family folds coef * aux into loss."""
+        if self.autoep_stats is None:
+            return out.lm_loss, out.aux_loss
+        aux = out.aux_loss if getattr(out, "aux_loss", None) is not None else out.loss.new_zeros(())
+        return out.loss - self.recipe.moe.aux_loss_coef * aux, aux
 
     def fit(self) -> None:
         t = self.recipe.train
@@ -120,12 +155,18 @@ class Trainer:
         lr = engine.get_lr()[0]
         sums = torch.zeros(3, dtype=torch.float64)
         for micro in range(accum):
-            ids = self.batches.batch(self.step * accum + micro).to(engine.device)  # (B, T)
+            position = self.samples_consumed + micro * self.batches.samples_per_micro_step
+            ids = self.batches.at_sample(position).to(engine.device)  # (B, T)
             out = engine(ids, labels=ids)
             engine.backward(out.loss)
             engine.step()
-            sums += torch.stack([out.loss.detach(), out.lm_loss.detach(), out.aux_loss.detach()]).double().cpu()
+            lm_loss, aux_loss = self.loss_parts(out)
+            if self.autoep_stats is not None:
+                self.autoep_stats.record(getattr(out, "router_logits", None))
+            sums += torch.stack([out.loss.detach(), lm_loss.detach(), aux_loss.detach()]).double().cpu()
+        update_routing_bias(engine.module)  # aux-loss-free balancing (moe.bias_update_rate), after the step
         self.step += 1
+        self.samples_consumed += self.resolved.ds_config["train_batch_size"]
         loss, lm_loss, aux_loss = all_reduce_mean((sums / accum).tolist())
         elapsed = time.perf_counter() - start
         grad_norm = engine.get_global_grad_norm()
@@ -135,15 +176,30 @@ class Trainer:
 
     def router_metrics(self) -> dict:
         """Routing telemetry summed over all ranks since the last call, per MoE layer (one all-reduce)."""
+        if self.autoep_stats is not None:
+            return self.autoep_router_metrics()
         layers = [(i, block.mlp.router_stats) for i, block in enumerate(self.engine.module.layers) if block.is_moe]
         if not layers or not self.recipe.logging.router_stats:
             return {}
         sums = all_reduce_sum(torch.cat([stats.sums for _, stats in layers]))
-        out, width = {}, layers[0][1].sums.numel()
-        for n, (layer, stats) in enumerate(layers):
-            for key, value in summarize(sums[n * width:(n + 1) * width], stats.num_experts).items():
+        out = {}
+        # PR-MoE layers have different expert counts, so their sums have different widths
+        for (layer, stats), layer_sums in zip(layers, sums.split([stats.sums.numel() for _, stats in layers])):
+            for key, value in summarize(layer_sums, stats.num_experts).items():
                 out[f"router/layer{layer}/{key}"] = value
             stats.reset()
+        return out
+
+    def autoep_router_metrics(self) -> dict:
+        stats = self.autoep_stats
+        if not stats.layers or not stats.enabled:
+            return {}
+        sums, width, out = all_reduce_sum(stats.sums()), stats.num_experts + 5, {}
+        for n, layer in enumerate(stats.layer_ids):
+            for key, value in summarize(sums[n * width:(n + 1) * width], stats.num_experts).items():
+                if stats.has_logits or key not in ("router_entropy", "router_entropy_norm", "aux_loss"):
+                    out[f"router/layer{layer}/{key}"] = value
+        stats.reset()
         return out
 
     @torch.no_grad()
@@ -153,7 +209,8 @@ class Trainer:
         total = 0.0
         for i in range(self.recipe.train.eval_batches):
             ids = self.val_batches.batch(i).to(engine.device)
-            total += float(engine(ids, labels=ids).lm_loss)
+            with self.autoep_stats.paused() if self.autoep_stats is not None else nullcontext():
+                total += float(self.loss_parts(engine(ids, labels=ids))[0])
         engine.train()
         (val_loss,) = all_reduce_mean([total / self.recipe.train.eval_batches])
         if self.metrics:
@@ -161,7 +218,7 @@ class Trainer:
         return val_loss
 
     def save(self) -> None:
-        client_state = {"step": self.step, "samples_consumed": self.step * self.resolved.ds_config["train_batch_size"],
+        client_state = {"step": self.step, "samples_consumed": self.samples_consumed,
                         "wandb_id": self.metrics.wandb_id if self.metrics else None}
         metadata = {"recipe.yaml": yaml.safe_dump(to_dict(self.recipe), sort_keys=False),
                     "ds_config.json": json.dumps(self.resolved.ds_config, indent=2) + "\n",

@@ -21,7 +21,7 @@ def test_unknown_section_is_an_error():
 
 
 @pytest.mark.parametrize("override, expected", [
-    ("moe.num_experts=eight", "'moe.num_experts' must be int, got str"),
+    ("moe.num_experts=eight", "'moe.num_experts' must be int or a list of int, got str"),
     ("moe.drop_tokens=1", "'moe.drop_tokens' must be bool, got int"),
     ("data.files=a.txt", "'data.files' must be a list"),
     ("moe=3", "'moe' must be a mapping"),

@@ -4,6 +4,8 @@ import pytest
 from tests.helpers import explain, launch_bash
 
 STEPS = 20
+# the tiny recipe's corpus and tokenizer (cached once per session), for the tests that run the bigger recipes
+SMALL_DATA = ("data.max_documents=600", "data.val_fraction=0.1", "data.vocab_size=1024")
 TINY = ("--recipe", "recipes/tiny.yaml", f"train.max_steps={STEPS}", "logging.progress_bar=false")
 
 

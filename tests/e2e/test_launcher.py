@@ -25,7 +25,7 @@ def test_bash_launcher_trains_tiny_recipe_on_two_ranks(bash_run):
     assert [m["step"] for m in train] == list(range(1, STEPS + 1))
     base = {"step", "loss", "lm_loss", "aux_loss", "lr", "grad_norm", "tokens_per_s", "step_time_s"}
     router = {f"router/layer1/{k}" for k in ("tokens_per_expert", "max_mean_load", "dropped_frac", "router_entropy",
-                                              "router_entropy_norm", "aux_loss")}  # tiny: layer 1 is the MoE one
+                                              "router_entropy_norm", "aux_loss", "z_loss", "seq_aux_loss")}  # tiny: layer 1 is the MoE one
     assert set(train[0]) == base | router
     for m in train:  # 8 sequences x 64 tokens x 2 ranks, top-2: 2048 routes a step, some dropped by capacity
         kept = sum(m["router/layer1/tokens_per_expert"])
