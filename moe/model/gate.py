@@ -124,6 +124,7 @@ class RouterGate(TopKGate):
         if self.noisy_gate_policy == "Jitter" and self.training:
             x = multiplicative_jitter(x, device=input.device)
         logits = F.linear(x, self.wg.weight.float())  # (S, E), fp32 as in TopKGate
+        self.last_logits = logits.detach()  # for router telemetry (router_stats.py): no second router matmul
         biased = self.bias_update_rate > 0
         z, seq_aux = self._extra_losses(logits, self.routing_bias if biased else None)
         capacity_factor = self.capacity_factor if self.training else self.eval_capacity_factor

@@ -1,8 +1,8 @@
 """Router telemetry of one MoE layer: tokens per expert, load imbalance, dropped tokens, router entropy, and the
 router losses (balance aux loss, z-loss, sequence-wise balance loss).
 
-Collected by a forward hook on DeepSpeed's TopKGate from what the gate already returns (the dispatch mask) plus
-a recomputed softmax of the router logits (an S x d x E matmul, small next to the experts). Sums stay on this
+Collected by a forward hook on the gate from what it already returns (the dispatch mask) and the router logits
+it keeps (RouterGate's `last_logits`; a plain TopKGate's are recomputed). Sums stay on this
 rank and on the layer's device (no collective and no host sync on the hot path); the trainer all-reduces every
 layer's sums in one call per log step.
 """
@@ -31,7 +31,10 @@ class RouterStats:
         if not (self.enabled and gate.training):
             return
         x = inputs[0].reshape(-1, inputs[0].shape[-1])  # (S, d)
-        probs = F.softmax(F.linear(x.float(), gate.wg.weight.float()), dim=-1)  # (S, E)
+        logits = getattr(gate, "last_logits", None)  # RouterGate keeps this forward's logits
+        if logits is None or logits.shape[0] != x.shape[0]:
+            logits = F.linear(x.float(), gate.wg.weight.float())
+        probs = F.softmax(logits, dim=-1)  # (S, E)
         entropy = -(probs * probs.clamp_min(1e-20).log()).sum()
         self._move_to(x.device)
         E = self.num_experts
