@@ -95,8 +95,8 @@ def resolve(recipe: Recipe, ds_config: dict, world_size: int, ds_config_path: st
     _merge_precision(recipe, ds, where, cuda)
     _validate_model(recipe)
     _validate_moe(recipe, ds, world_size, where)
-    _validate_impl(recipe, ds, where)
     _validate_init_from(recipe)
+    _validate_impl(recipe, ds, where)
     _validate_data(recipe)
     _validate_train(recipe)
 
@@ -226,6 +226,9 @@ def _validate_moe(recipe: Recipe, ds: dict, world_size: int, where: str) -> None
                           f"use ds_configs/zero2.json (ZeRO 0/1/2), or moe.enabled=false for a dense model")
 
 
+# Native-path options (deepspeed.moe.layer.MoE) and their defaults; AutoEP is dropless and has none of them.
+NATIVE_ONLY = {"capacity_factor": 1.0, "eval_capacity_factor": 1.0, "min_capacity": 4, "noisy_gate_policy": None,
+               "use_residual": False}
 # Router options of our RouterGate (moe/model/gate.py) on the moe.impl=deepspeed path
 ROUTER_LOSS_KEYS = ("z_loss_coef", "seq_aux_loss_coef", "bias_update_rate")
 
@@ -240,6 +243,10 @@ def _refuse_native_routing_options(moe) -> None:
                    if key == "bias_update_rate" else "AutoEP routes with the HF family's own router")
             raise ConfigError(f"moe.{key}={getattr(moe, key)} needs moe.impl=deepspeed ({why}); remove it for "
                               f"moe.impl=autoep")
+    for key, default in NATIVE_ONLY.items():
+        if getattr(moe, key) != default:
+            raise ConfigError(f"moe.{key}={getattr(moe, key)} is a deepspeed.moe option; AutoEP routes dropless "
+                              f"without it: remove it, or use moe.impl=deepspeed")
 
 
 def _validate_balancing(moe) -> None:
@@ -261,9 +268,6 @@ def _validate_balancing(moe) -> None:
 
 
 IMPLS = ("deepspeed", "autoep")
-# Native-path options (deepspeed.moe.layer.MoE) and their defaults; AutoEP is dropless and has none of them.
-NATIVE_ONLY = {"capacity_factor": 1.0, "eval_capacity_factor": 1.0, "min_capacity": 4, "noisy_gate_policy": None,
-               "use_residual": False}
 
 
 def _validate_impl(recipe: Recipe, ds: dict, where: str) -> None:
@@ -292,10 +296,6 @@ def _validate_autoep(recipe: Recipe, ds: dict, where: str) -> None:
     if not moe.enabled:
         raise ConfigError("moe.impl=autoep needs moe.enabled=true; a dense baseline is moe.impl=deepspeed with "
                           "moe.enabled=false")
-    for key, default in NATIVE_ONLY.items():
-        if getattr(moe, key) != default:
-            raise ConfigError(f"moe.{key}={getattr(moe, key)} is a deepspeed.moe option; AutoEP routes dropless "
-                              f"without it: remove it, or use moe.impl=deepspeed")
     family = FAMILIES[m.family]
     if moe.interval != 1 and not family.any_interval:
         raise ConfigError(f"model.family={m.family} makes every layer MoE: set moe.interval=1 (qwen3_moe interleaves "
@@ -309,11 +309,7 @@ def _validate_autoep(recipe: Recipe, ds: dict, where: str) -> None:
     unknown = unknown_hf_config_keys(m.family, m.hf_config)
     if unknown:
         raise ConfigError(f"model.hf_config: {family.config_class} has no field '{unknown[0]}'")
-    if m.init_from:
-        if not (Path(m.init_from).expanduser() / "config.json").is_file():
-            raise ConfigError(f"model.init_from: no HF model folder (config.json) at {m.init_from}")
-        if recipe.data.tokenizer == "bpe":
-            raise ConfigError("model.init_from needs the checkpoint's own tokenizer: set data.tokenizer to its folder")
+    if m.init_from:  # the folder and the tokenizer were checked by _validate_init_from
         mismatches = init_from_mismatches(recipe)
         if mismatches:
             raise ConfigError(f"model.init_from {m.init_from} does not match the recipe: {mismatches[0]}")
@@ -338,16 +334,16 @@ def _validate_init_from(recipe: Recipe) -> None:
     m = recipe.model
     if m.upcycle and not m.init_from:
         raise ConfigError("model.upcycle needs model.init_from: the dense HF Llama folder to copy into the experts")
-    if recipe.moe.impl != "deepspeed":
-        if m.upcycle:
-            raise ConfigError("model.upcycle applies to moe.impl=deepspeed (our GPT); remove it for moe.impl=autoep")
-        return  # AutoEP checks its own init_from (_validate_autoep)
+    if recipe.moe.impl != "deepspeed" and m.upcycle:
+        raise ConfigError("model.upcycle applies to moe.impl=deepspeed (our GPT); remove it for moe.impl=autoep")
     if not m.init_from:
         return
     if not (Path(m.init_from).expanduser() / "config.json").is_file():
         raise ConfigError(f"model.init_from: no HF model folder (config.json) at {m.init_from}")
     if recipe.data.tokenizer == "bpe":
         raise ConfigError("model.init_from needs the checkpoint's own tokenizer: set data.tokenizer to its folder")
+    if recipe.moe.impl != "deepspeed":
+        return  # AutoEP compares the folder's shape with the recipe in _validate_autoep
     from moe.model.hf_import import init_from_problem, read_hf_config
     hf = read_hf_config(m.init_from)
     if m.vocab_size is None:

@@ -7,6 +7,7 @@ counts and load only. AutoEP is dropless, so nothing is ever dropped.
 """
 from __future__ import annotations
 
+import re
 from contextlib import contextmanager
 
 import torch
@@ -14,12 +15,16 @@ import torch.nn.functional as F
 
 
 class AutoEPRouterStats:
-    def __init__(self, layers: list[torch.nn.Module], num_experts: int, top_k: int, has_logits: bool):
-        self.layers, self.num_experts, self.top_k = layers, num_experts, top_k
+    def __init__(self, named_layers: list[tuple[str, torch.nn.Module]], num_experts: int, top_k: int,
+                 has_logits: bool):
+        """named_layers: (module name, AutoEP layer) pairs, e.g. ("model.layers.3.mlp", layer)."""
+        self.layers = [layer for _, layer in named_layers]
+        self.layer_ids = [int(re.search(r"layers\.(\d+)\.", name).group(1)) for name, _ in named_layers]
+        self.num_experts, self.top_k = num_experts, top_k
         self.has_logits = has_logits  # False: entropy and aux are not known, and are not reported
         self.enabled = True
         # per layer: [entropy sum | tokens | aux sum | aux count]; counts live in each layer's buffer
-        self.logit_sums = torch.zeros(len(layers), 4, dtype=torch.float64)
+        self.logit_sums = torch.zeros(len(self.layers), 4, dtype=torch.float64)
 
     @torch.no_grad()
     def record(self, router_logits) -> None:

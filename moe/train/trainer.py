@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import math
 import random
-import re
 import sys
 import time
 from contextlib import nullcontext
@@ -112,9 +111,7 @@ class Trainer:
         from moe.model.autoep_stats import AutoEPRouterStats
         from moe.model.hf_families import FAMILIES, autoep_layers
         e, family = self.recipe.moe, FAMILIES[self.recipe.model.family]
-        layers = autoep_layers(self.engine.module)
-        stats = AutoEPRouterStats([layer for _, layer in layers], e.num_experts, e.top_k, has_logits=family.aux_loss)
-        stats.layer_ids = [int(re.search(r"layers\.(\d+)\.", name).group(1)) for name, _ in layers]
+        stats = AutoEPRouterStats(autoep_layers(self.engine.module), e.num_experts, e.top_k, has_logits=family.aux_loss)
         stats.enabled = self.recipe.logging.router_stats
         return stats
 
