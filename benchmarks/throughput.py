@@ -3,7 +3,8 @@
     python benchmarks/throughput.py                                  # default recipe, 2 CPU ranks, peak measured
     python benchmarks/throughput.py --recipe recipes/tiny.yaml --steps 40 --peak-tflops 989 model.d_model=1024
 
-tokens/s is the median over steps after --skip warm-up steps, from runs/<run>/metrics.jsonl. MFU is
+tokens/s is the global batch's tokens over the median step time after --skip warm-up steps, from
+runs/<run>/metrics.jsonl (one median, so tokens/s and step time always agree). MFU is
     tokens/s x train FLOPs per token (moe/cost.py) / (peak FLOP/s per rank x ranks).
 The peak is --peak-tflops (per rank: a GPU's dense bf16 peak, say) or, without it, a matmul measured here with
 the threads one rank gets. --json writes the numbers to a file.
@@ -72,8 +73,9 @@ def main(argv: list[str] | None = None) -> dict:
         config = MoEGPTConfig.from_pretrained(run_dir / "model_config")
         resolved_ds = json.loads((run_dir / "ds_config.json").read_text())
     steps = [r for r in records if "tokens_per_s" in r][args.skip:]
-    tokens_per_s = statistics.median(r["tokens_per_s"] for r in steps)
+    step_time_s = statistics.median(r["step_time_s"] for r in steps)
     seq_len = config.max_seq_len
+    tokens_per_s = resolved_ds["train_batch_size"] * seq_len / step_time_s
     cost = model_cost(config, seq_len)
     threads = int(os.environ.get("OMP_NUM_THREADS", 0)) or max(1, (os.cpu_count() or 1) // ranks)
     peak = args.peak_tflops or measure_peak_tflops(threads, cuda)
@@ -84,7 +86,7 @@ def main(argv: list[str] | None = None) -> dict:
         "steps_timed": len(steps), "global_batch": resolved_ds["train_batch_size"], "seq_len": seq_len,
         "total_params": cost.total_params, "active_params": cost.active_params,
         "train_flops_per_token": cost.train_flops_per_token(),
-        "tokens_per_s": tokens_per_s, "step_time_s": statistics.median(r["step_time_s"] for r in steps),
+        "tokens_per_s": tokens_per_s, "step_time_s": step_time_s,
         "achieved_tflops": achieved_tflops, "peak_tflops_per_rank": peak,
         "peak_source": "given" if args.peak_tflops else "measured matmul", "mfu": achieved_tflops / (peak * ranks),
     }
