@@ -18,7 +18,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -26,25 +25,7 @@ sys.path.insert(0, str(REPO))
 
 from moe.cost import model_cost  # noqa: E402
 from moe.model import MoEGPTConfig  # noqa: E402
-
-
-def measure_peak_tflops(threads: int, cuda: bool, size: int = 2048, repeats: int = 10) -> float:
-    """Best dense matmul TFLOP/s of one rank: bf16 on a GPU, fp32 on `threads` CPU threads."""
-    import torch
-    device, dtype = ("cuda", torch.bfloat16) if cuda else ("cpu", torch.float32)
-    torch.set_num_threads(threads)
-    a = torch.randn(size, size, device=device, dtype=dtype)
-    b = torch.randn(size, size, device=device, dtype=dtype)
-    best = float("inf")
-    for _ in range(repeats + 2):
-        if cuda:
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        a @ b
-        if cuda:
-            torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - start)
-    return 2 * size**3 / best / 1e12
+from moe.train.throughput import measure_peak_tflops  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -125,6 +125,9 @@ def checkpoint_weights(run_dir: Path, tag: str, fp32: bool | None = None) -> dic
     from moe.reshard import consolidated_fp32, convert, is_converted
     from moe.train.checkpoint import checkpoint_dir
     tag_dir = checkpoint_dir(run_dir) / tag
+    from moe.model.pipeline import is_pipeline_checkpoint, pipeline_state_dict
+    if is_pipeline_checkpoint(tag_dir):  # fp32 only (moe/config/pipeline.py): its weights are the master weights
+        return pipeline_state_dict(tag_dir)
     if fp32 is None:
         recipe = tag_dir / "recipe.yaml"
         fp32 = recipe.is_file() and yaml.safe_load(recipe.read_text())["train"]["precision"] != "fp32"

@@ -14,8 +14,6 @@ The universal folder is also the fp32 consolidation of the run (master weights, 
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
@@ -28,12 +26,12 @@ EXPERTS = re.compile(r"^(.*\.mlp\.experts)\.(w1|w2|w3)$")
 
 
 def universal_checkpoint(tag_dir: Path, out_dir: Path) -> Path:
-    """Run DeepSpeed's ds_to_universal on one checkpoint tag; returns the folder of per-parameter fp32 files."""
-    cmd = [sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder", str(tag_dir),
-           "--output_folder", str(out_dir), "--num_extract_workers", "1", "--num_merge_workers", "1"]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise RuntimeError(f"ds_to_universal failed on {tag_dir}:\n{proc.stderr[-3000:]}")
+    """The folder of per-parameter fp32 files of one checkpoint tag: its `python -m moe.reshard` output if it has
+    one, else DeepSpeed's ds_to_universal run into `out_dir` (moe/train/universal.py)."""
+    from moe.train import universal
+    if universal.is_converted(tag_dir):
+        return universal.universal_dir(tag_dir) / "zero"
+    universal.run_ds_to_universal(tag_dir, out_dir)
     return out_dir / "zero"
 
 

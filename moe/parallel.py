@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import datetime
 import os
+from pathlib import Path
 
 import torch
 
@@ -16,9 +17,21 @@ def init_distributed() -> tuple[int, int]:
             os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
                               MASTER_PORT=os.environ.get("MASTER_PORT", "29500"))
         deepspeed.init_distributed(timeout=datetime.timedelta(minutes=30))
+        _unlink_shm_buffer(dist)
     if torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
     return dist.get_rank(), dist.get_world_size()
+
+
+def _unlink_shm_buffer(dist) -> None:
+    """DeepSpeed's CPU shared-memory all-reduce (single-node CPU jobs) maps one /dev/shm buffer per rank (69 MB)
+    and never unlinks it, so every run used to leave 69 MB per rank in /dev/shm until it filled. Once every rank
+    has mapped every other rank's buffer (they do inside init_distributed; the barrier makes sure all returned),
+    each rank unlinks its own name: the mappings stay valid until the processes exit, then the memory is freed."""
+    dist.barrier()
+    name = (f"deepspeed_allreduce_buffer_{os.getuid()}_{os.environ.get('MASTER_ADDR', '')}_"
+            f"{os.environ.get('MASTER_PORT', '')}_{dist.get_rank()}")  # deepspeed/ops/csrc/cpu/comm/shm.cpp
+    (Path("/dev/shm") / name).unlink(missing_ok=True)
 
 
 def expert_parallel_rank(ep_size: int) -> int:

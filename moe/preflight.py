@@ -1,4 +1,6 @@
-"""Everything that can be checked before a rank spawns: recipe, ds_config, their merge, data paths, run folder.
+"""Everything that can be checked before a rank spawns: recipe, ds_config, their merge, data paths, run folder, and
+whether the run fits in memory (moe/plan: the estimate against the GPU's memory, `--gpu-mem`, or on CPU each
+rank's share of the machine's RAM).
 
 `python -m moe.preflight [trainer args] --world_size N` runs it alone; the launcher runs it before spawning.
 It imports no DeepSpeed and builds no model, so it answers in a few seconds.
@@ -19,7 +21,25 @@ def preflight(args: argparse.Namespace, world_size: int, cuda: bool) -> Resolved
     resolved = resolve(recipe, ds_config, world_size, args.ds_config, cuda=cuda)
     recipe_dict = to_dict(resolved.recipe)
     check_resume(resolved.run_dir, args.resume, recipe_dict, run_layout(recipe_dict, resolved.ds_config, world_size))
+    check_memory(resolved, cuda, getattr(args, "gpu_mem", None))
     return resolved
+
+
+def check_memory(resolved: Resolved, cuda: bool, gpu_mem: str | None = None) -> None:
+    """Refuse a run whose estimated per-rank peak does not fit the device, naming the micro-batch that would."""
+    from moe.plan import cpu_budget, gpu_budget, make_plan, parse_bytes, refusal
+    if gpu_mem:
+        try:
+            budget, where = parse_bytes(gpu_mem), f"--gpu-mem {gpu_mem}"
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+    elif cuda:
+        budget, where = gpu_budget(), "this GPU's memory"
+    else:  # CPU ranks of one machine share its RAM
+        budget, where = cpu_budget(resolved.world_size), f"RAM / {resolved.world_size} ranks"
+    reason = refusal(make_plan(resolved, budget), where)
+    if reason:
+        raise ConfigError(f"out of memory: {reason}; `python -m moe.plan` shows the breakdown")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = trainer_parser()
     parser.add_argument("--world_size", type=int, default=1)
     parser.add_argument("--cuda", action="store_true")
+    parser.add_argument("--gpu-mem", dest="gpu_mem", default=None, help="memory per GPU for the fit check, e.g. 80GB")
     args = parser.parse_args(argv)
     try:
         resolved = preflight(args, args.world_size, args.cuda)

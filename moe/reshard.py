@@ -1,12 +1,15 @@
-"""Make a native-MoE checkpoint layout-free, so a run resumes at another expert-parallel size, rank count or ZeRO
-stage, and its fp32 master weights consolidate into one state dict.
+"""Make a checkpoint loadable at any layout, so a run resumes at another expert-parallel size, rank count or ZeRO
+stage (and a native run's fp32 master weights consolidate into one state dict).
 
     python -m moe.reshard runs/<run_name> [--tag global_stepN]
 
-It starts the checkpoint's own layout (its world size and moe.ep_size, as CPU/gloo ranks: possible on any
-machine), loads the checkpoint there through DeepSpeed (`engine.load_checkpoint`, model + ZeRO shards + expert
-files), and writes `<tag>/layout_free/` (moe/train/layout_free.py explains why this is not DeepSpeed's universal
-checkpoint):
+moe.impl=autoep: DeepSpeed's own universal checkpoint (ds_to_universal), `<tag>/universal/`, made readable by every
+ZeRO stage (moe/train/universal.py): an offline single process, no ranks needed.
+
+moe.impl=deepspeed: it starts the checkpoint's own layout (its world size and moe.ep_size, as CPU/gloo ranks:
+possible on any machine), loads the checkpoint there through DeepSpeed (`engine.load_checkpoint`, model + ZeRO
+shards + expert files), and writes `<tag>/layout_free/` (moe/train/layout_free.py explains why this is not
+DeepSpeed's universal checkpoint):
 
     rank<R>.pt   {"fp32" | "exp_avg" | "exp_avg_sq": {global name: tensor}} of the parameters rank R owns
                  (dense ones on rank 0, each expert slice on the first rank of its expert-data-parallel group)
@@ -15,8 +18,8 @@ checkpoint):
     COMPLETE     written last; the folder is renamed into place only after it
 
 The trainer does not convert by itself: a `--resume` whose layout differs from the checkpoint's is refused before
-any rank starts, naming this command (moe/train/checkpoint.py). Conversion needs the old layout's rank count,
-which the new job may not have, and its output is kept for every later resume and for `moe.export --fp32`.
+any rank starts, naming this command (moe/train/checkpoint.py). A native conversion needs the old layout's rank
+count, which the new job may not have; either output is kept for every later resume and export.
 """
 from __future__ import annotations
 
@@ -155,19 +158,23 @@ def dump(run_dir: Path, tag: str) -> Path:
 
 
 def convert(run_dir: Path, tag: str | None = None, timeout: float | None = None) -> Path:
-    """Run `dump` on the checkpoint's own layout: CPU/gloo ranks through DeepSpeed's launcher (one rank: a plain
-    process)."""
-    from moe.train.checkpoint import checkpoint_dir, latest_tag, saved_layout
+    """AutoEP: DeepSpeed's ds_to_universal. Native: run `dump` on the checkpoint's own layout, CPU/gloo ranks through
+    DeepSpeed's launcher (one rank: a plain process). Returns the converted folder."""
+    from moe.train.checkpoint import checkpoint_dir, is_autoep, latest_tag, saved_layout
     tag = tag or latest_tag(run_dir)
     if tag is None:
         raise ConfigError(f"no complete checkpoint in {checkpoint_dir(run_dir)}")
     tag_dir = checkpoint_dir(run_dir) / tag
     if not (tag_dir / "recipe.yaml").is_file() or not (tag_dir / "ds_config.json").is_file():
         raise ConfigError(f"{tag_dir} has no recipe.yaml / ds_config.json to read its layout from")
+    if is_autoep(tag_dir):
+        from moe.train import universal
+        return universal.convert(tag_dir, timeout=timeout)
+    from moe.model.pipeline import is_pipeline_checkpoint
+    if is_pipeline_checkpoint(tag_dir):
+        raise ConfigError(f"{tag_dir} is a pipeline-parallel checkpoint: it resumes only at its own layout, and "
+                          f"`python -m moe.export` reads it directly (fp32); there is nothing to convert")
     layout = saved_layout(tag_dir)
-    if layout is None:  # moe.impl=autoep
-        raise ConfigError("moe.impl=autoep checkpoints reshard through DeepSpeed's own universal checkpoint "
-                          "(deepspeed.checkpoint.ds_to_universal), not moe.reshard")
     from moe.cli import REPO
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

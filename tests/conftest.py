@@ -15,13 +15,19 @@ def hermetic_cache(tmp_path_factory):
 
 
 def pytest_collection_modifyitems(config, items):
+    """Skip `gpu` tests only where no CUDA GPU is present, `nvme` tests only where libaio is absent."""
     import torch
-    if torch.cuda.is_available():
-        return
-    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    missing = {}
+    if not torch.cuda.is_available():
+        missing["gpu"] = "needs a CUDA GPU"
+    if any("nvme" in item.keywords for item in items):
+        from moe.config.memory_saving import async_io_available
+        if not async_io_available():
+            missing["nvme"] = "needs libaio for DeepSpeed's async_io op (apt install libaio-dev, or CFLAGS/LDFLAGS)"
     for item in items:
-        if "gpu" in item.keywords:
-            item.add_marker(skip)
+        for marker, reason in missing.items():
+            if marker in item.keywords:
+                item.add_marker(pytest.mark.skip(reason=reason))
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -30,3 +36,16 @@ def deepspeed_cpu_comm_op_built():
     any test spawns ranks, so ranks never race through a first build together."""
     from deepspeed.comm.torch import build_shm_op
     build_shm_op()  # None on accelerators that do not use it
+
+
+@pytest.fixture(scope="session")
+def deepspeed_cpu_adam_built():
+    """Build DeepSpeedCPUAdam (ZeRO-Offload's optimizer; ~2 min JIT on 2 cores, cached in TORCH_EXTENSIONS_DIR) once,
+    before a test spawns ranks that need it."""
+    from deepspeed.ops.op_builder import CPUAdamBuilder
+    CPUAdamBuilder().load(verbose=False)
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "nvme: ZeRO-Infinity NVMe offload; needs libaio (DeepSpeed's async_io op), "
+                                       "skipped only when libaio is absent")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -60,3 +61,12 @@ def explain(proc: subprocess.CompletedProcess) -> str:
 def snapshot(folder: Path) -> dict:
     """Every file under `folder` with its bytes: equal snapshots mean nothing was touched."""
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def interrupted_copy(runs_dir: Path, source: str, name: str, last_step: int, saved_step: int) -> None:
+    """runs_dir/<name>: a copy of runs_dir/<source> as if its job had died right after the step-`saved_step`
+    checkpoint (the final step-`last_step` one removed; metrics past `saved_step` are dropped on resume)."""
+    src, dst = runs_dir / source, runs_dir / name
+    shutil.copytree(src, dst)
+    shutil.rmtree(dst / "checkpoints" / f"global_step{last_step}")
+    (dst / "checkpoints" / "latest").write_text(f"global_step{saved_step}")

@@ -18,7 +18,11 @@ from typing import Any
 
 import yaml
 
+from moe.config.compressed_comm import check_compressed_comm
+from moe.config.elastic import apply_elasticity
 from moe.config.loader import ConfigError, apply_override, to_dict
+from moe.config.memory_saving import check_memory_saving
+from moe.config.pipeline import pipeline_stages, validate_pipeline
 from moe.config.schema import Recipe
 
 # (recipe field, ds_config key path, default when neither sets it)
@@ -49,8 +53,8 @@ class Resolved:
         return Path(self.recipe.logging.runs_dir) / self.recipe.logging.run_name
 
     @property
-    def dp_size(self) -> int:  # every rank sees different data; EP groups sit inside DP (DeepSpeed-MoE)
-        return self.world_size
+    def dp_size(self) -> int:  # ranks that see different data: a pipeline's stages share theirs; EP sits inside DP
+        return self.world_size // pipeline_stages(self.ds_config)
 
     @property
     def precision(self) -> str:
@@ -91,20 +95,24 @@ def resolve(recipe: Recipe, ds_config: dict, world_size: int, ds_config_path: st
     recipe = copy.deepcopy(recipe)
     ds = copy.deepcopy(ds_config)
     where = ds_config_path
+    apply_elasticity(recipe, ds, world_size, where)  # before the mirrors merge: an elastic section owns the batch
     _merge_mirrors(recipe, ds, where)
     _merge_precision(recipe, ds, where, cuda)
+    check_compressed_comm(ds, where, cuda)
     _validate_model(recipe)
     _validate_moe(recipe, ds, world_size, where)
     _validate_init_from(recipe)
     _validate_impl(recipe, ds, where)
     _validate_data(recipe)
     _validate_train(recipe)
+    dp_size = validate_pipeline(recipe, ds, world_size, where)  # world_size // pipeline.stages
+    check_memory_saving(ds, recipe.moe.impl, world_size // dp_size, where)  # offload, activation checkpointing
 
     t = recipe.train
-    train_batch = t.micro_batch_size * t.grad_accum * world_size
+    train_batch = t.micro_batch_size * t.grad_accum * dp_size
     if "train_batch_size" in ds and ds["train_batch_size"] != train_batch:
         raise ConfigError(f"{where}: train_batch_size={ds['train_batch_size']} but micro-batch {t.micro_batch_size} x "
-                          f"accumulation {t.grad_accum} x {world_size} ranks = {train_batch}; remove it or make them agree")
+                          f"accumulation {t.grad_accum} x {dp_size} ranks = {train_batch}; remove it or make them agree")
     ds["train_batch_size"] = train_batch
 
     if "scheduler" in ds:

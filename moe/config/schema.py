@@ -107,6 +107,7 @@ class LoggingConfig:
     wandb_group: Optional[str] = None
     progress_bar: bool = True
     router_stats: bool = True  # per-MoE-layer routing telemetry in metrics.jsonl and W&B (moe/model/router_stats.py)
+    peak_tflops: Optional[float] = None  # one device's peak for MFU; None = a known GPU's, or measured (CPU)
 
 
 @dataclass

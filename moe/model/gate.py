@@ -24,6 +24,8 @@ from deepspeed.comm import pg_utils
 from deepspeed.moe.sharded_moe import (TOPK_GATE_TIMER, TopKGate, _capacity, _stack_routes, multiplicative_jitter,
                                        top1gating, top2gating, topkgating)
 
+from moe.model.replay import is_replaying
+
 
 class RouterLosses(NamedTuple):
     balance: torch.Tensor  # DeepSpeed's l_aux (GShard / Switch balance loss over the whole micro-batch)
@@ -134,7 +136,7 @@ class RouterGate(TopKGate):
                                  "which is what deepspeed's MOELayer asks for")
             output = biased_topk_routing(logits, self.routing_bias, self.k, capacity_factor, self.min_capacity,
                                          self.drop_tokens, self.ep_group)
-            if self.training:
+            if self.training and not is_replaying():  # an activation-checkpointing recompute counts nothing
                 self.selection_counts += output[-1]
         elif self.k == 1:
             output = top1gating(logits, capacity_factor, self.min_capacity, used_token,

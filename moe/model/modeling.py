@@ -14,11 +14,15 @@ from transformers.modeling_outputs import CausalLMOutput
 
 from moe.model.configuration import MoEGPTConfig
 from moe.model.layers import CausalSelfAttention, RotaryEmbedding, SwiGLU
+from moe.model.replay import checkpointed_call
 
 
 class Block(nn.Module):
     def __init__(self, config: MoEGPTConfig, layer_idx: int):
         super().__init__()
+        # Activation checkpointing: HF's _set_gradient_checkpointing sets these (moe/train/activation_checkpointing.py)
+        self.gradient_checkpointing = False
+        self._gradient_checkpointing_func = None
         self.attn_norm = nn.RMSNorm(config.d_model, eps=config.norm_eps)
         self.attn = CausalSelfAttention(config.d_model, config.n_heads, config.n_kv_heads)
         self.mlp_norm = nn.RMSNorm(config.d_model, eps=config.norm_eps)
@@ -39,6 +43,17 @@ class Block(nn.Module):
             out, losses = self.mlp(h), None
         return x + out, losses
 
+    def checkpointed(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, tuple | None]:
+        """forward() without keeping its activations; the backward recomputes them (moe/model/replay.py)."""
+        def flat(x: torch.Tensor) -> tuple[torch.Tensor, ...]:  # checkpoint functions pass tensors only
+            out, losses = self(x, cos, sin)
+            return (out,) if losses is None else (out, *losses)
+        outputs = checkpointed_call(self._gradient_checkpointing_func, flat, x)
+        if not self.is_moe:
+            return outputs, None
+        from moe.model.gate import RouterLosses
+        return outputs[0], RouterLosses(*outputs[1:])
+
 
 @dataclass
 class MoECausalLMOutput(CausalLMOutput):
@@ -54,6 +69,7 @@ class MoEGPTForCausalLM(PreTrainedModel, GenerationMixin):
     main_input_name = "input_ids"
     _no_split_modules = ["Block"]
     _supports_sdpa = True
+    supports_gradient_checkpointing = True
 
     def __init__(self, config: MoEGPTConfig):
         super().__init__(config)
@@ -88,7 +104,8 @@ class MoEGPTForCausalLM(PreTrainedModel, GenerationMixin):
         x = self.embed_tokens(input_ids)  # (B, T, d)
         aux_loss = z_loss = seq_aux_loss = x.new_zeros((), dtype=torch.float32)
         for layer in self.layers:
-            x, losses = layer(x, cos, sin)
+            x, losses = layer.checkpointed(x, cos, sin) if layer.gradient_checkpointing and self.training else \
+                layer(x, cos, sin)
             if losses is not None:
                 aux_loss = aux_loss + losses.balance.float()
                 z_loss = z_loss + losses.z.float()

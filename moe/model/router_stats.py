@@ -13,6 +13,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from moe.model.replay import is_replaying
+
 
 class RouterStats:
     def __init__(self, gate: torch.nn.Module, num_experts: int, top_k: int):
@@ -28,7 +30,7 @@ class RouterStats:
 
     @torch.no_grad()
     def _on_gate(self, gate, inputs, output) -> None:
-        if not (self.enabled and gate.training):
+        if not (self.enabled and gate.training) or is_replaying():
             return
         x = inputs[0].reshape(-1, inputs[0].shape[-1])  # (S, d)
         logits = getattr(gate, "last_logits", None)  # RouterGate keeps this forward's logits
@@ -48,8 +50,9 @@ class RouterStats:
             self.sums = torch.zeros_like(self.sums, device=device) if self.sums.is_meta else self.sums.to(device)
 
     def record_losses(self, losses, training: bool) -> None:
-        """losses: a RouterLosses (balance, z, seq_aux) of one forward; recorded for training forwards only."""
-        if self.enabled and training and torch.is_grad_enabled():
+        """losses: a RouterLosses (balance, z, seq_aux) of one forward; recorded for training forwards only, once
+        (an activation-checkpointing recompute is skipped, as in the gate hook)."""
+        if self.enabled and training and not is_replaying():
             E = self.num_experts
             self._move_to(losses.balance.device)
             self.sums[E + 3] += losses.balance.detach()

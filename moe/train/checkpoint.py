@@ -1,5 +1,6 @@
 """DeepSpeed checkpoints plus what DeepSpeed does not keep: every rank's RNG state and the run's position; resuming
-at another layout through the checkpoint's layout-free state (moe/reshard.py)."""
+at another layout through the checkpoint's converted state (moe/reshard.py): our layout-free state for the native
+path (moe/train/layout_free.py), DeepSpeed's universal checkpoint for AutoEP (moe/train/universal.py)."""
 from __future__ import annotations
 
 import hashlib
@@ -16,6 +17,7 @@ import torch
 import yaml
 
 from moe.config.loader import ConfigError
+from moe.config.pipeline import check_pipeline_resume, pipeline_stages
 
 SHAPE_SECTIONS = ("model", "moe")
 SHAPE_EXEMPT = {("moe", "ep_size"), ("moe", "aux_loss_coef"), ("moe", "capacity_factor"),
@@ -78,24 +80,27 @@ def check_resume(run_dir: Path, resume: bool, recipe_dict: dict, layout: dict | 
         _check_layout(run_dir, tag, layout)
 
 
-def run_layout(recipe_dict: dict, ds_config: dict, world_size: int) -> dict | None:
+def run_layout(recipe_dict: dict, ds_config: dict, world_size: int) -> dict:
     """What DeepSpeed's load_checkpoint needs to be unchanged since the save (rank count, EP size, ZeRO stage,
-    precision); None for moe.impl=autoep, whose checkpoints go through DeepSpeed's universal checkpoint."""
-    if recipe_dict["moe"].get("impl", "deepspeed") != "deepspeed":
-        return None
-    return {"world_size": world_size, "ep_size": recipe_dict["moe"]["ep_size"] if recipe_dict["moe"]["enabled"] else 1,
-            "zero_stage": (ds_config.get("zero_optimization") or {}).get("stage", 0),
-            "precision": recipe_dict["train"]["precision"]}
+    precision), on both MoE paths (AutoEP's EP size is moe.ep_size too: resolve writes it as autoep_size)."""
+    layout = {"world_size": world_size,
+              "ep_size": recipe_dict["moe"]["ep_size"] if recipe_dict["moe"]["enabled"] else 1,
+              "zero_stage": (ds_config.get("zero_optimization") or {}).get("stage", 0),
+              "precision": recipe_dict["train"]["precision"]}
+    if pipeline_stages(ds_config) > 1:  # a PipelineModule checkpoint: per-layer files (moe/model/pipeline.py)
+        layout["pipeline_stages"] = pipeline_stages(ds_config)
+    return layout
 
 
 def saved_layout(tag_dir: Path) -> dict | None:
     """The layout that wrote `tag_dir`, from its recipe.yaml and ds_config.json (world size = global batch /
-    (micro-batch x accumulation)); None when it has neither (or is an AutoEP checkpoint)."""
+    (micro-batch x accumulation)); None when it has neither."""
     recipe_path, ds_path = tag_dir / "recipe.yaml", tag_dir / "ds_config.json"
     if not recipe_path.is_file() or not ds_path.is_file():
         return None
     ds = json.loads(ds_path.read_text())
     world_size = ds["train_batch_size"] // (ds["train_micro_batch_size_per_gpu"] * ds["gradient_accumulation_steps"])
+    world_size *= pipeline_stages(ds)  # the batch counts data-parallel ranks; a pipeline's stages share theirs
     return run_layout(yaml.safe_load(recipe_path.read_text()), ds, world_size)
 
 
@@ -105,11 +110,29 @@ def describe_layout(layout: dict) -> str:
             f"{layout['precision']}")
 
 
+def is_autoep(tag_dir: Path) -> bool:
+    """Whether the checkpoint was written by a moe.impl=autoep run (from its saved recipe)."""
+    recipe_path = tag_dir / "recipe.yaml"
+    return recipe_path.is_file() and yaml.safe_load(recipe_path.read_text())["moe"].get("impl") == "autoep"
+
+
+def is_converted(tag_dir: Path) -> bool:
+    """Whether `python -m moe.reshard` has made the checkpoint loadable at any layout (for its MoE path)."""
+    if is_autoep(tag_dir):
+        from moe.train import universal
+        return universal.is_converted(tag_dir)
+    from moe.reshard import is_converted as layout_free_written
+    return layout_free_written(tag_dir)
+
+
 def _check_layout(run_dir: Path, tag: str, layout: dict | None) -> None:
-    from moe.reshard import is_converted, reshard_command
+    from moe.reshard import reshard_command
     tag_dir = checkpoint_dir(run_dir) / tag
     saved = saved_layout(tag_dir)
-    if layout is None or saved is None or saved == layout or is_converted(tag_dir):
+    if layout is None or saved is None or saved == layout:
+        return
+    check_pipeline_resume(tag, saved, layout)
+    if is_converted(tag_dir):
         return
     raise ConfigError(f"--resume: checkpoint {tag} was saved with {describe_layout(saved)}, this run has "
                       f"{describe_layout(layout)}; DeepSpeed loads expert and ZeRO shards only at their own layout: "
@@ -192,7 +215,8 @@ def load(engine, run_dir: Path, layout: dict | None = None, seed: int = 0) -> tu
     """Restore the latest checkpoint into `engine`; returns (tag, client state).
 
     At the checkpoint's own layout (or layout None): DeepSpeed's load_checkpoint and every rank's RNG state, so the
-    run continues bit for bit. At another layout: its layout-free state (moe/reshard.py). RNG streams belong to
+    run continues bit for bit. At another layout: its converted state (moe/reshard.py): DeepSpeed's universal
+    checkpoint for AutoEP, our layout-free state for the native path. RNG streams belong to
     ranks, so they carry over only when the rank count is unchanged (only moe.ep_size / ZeRO stage / precision
     differ); otherwise every rank re-seeds from (seed, step, rank), deterministically but not as the
     uninterrupted run would have drawn."""
@@ -207,8 +231,12 @@ def load(engine, run_dir: Path, layout: dict | None = None, seed: int = 0) -> tu
         if rng_file.is_file():
             set_rng_state(torch.load(rng_file, weights_only=False))
         return tag, client_state
-    from moe.reshard import load_layout_free
-    client_state = load_layout_free(engine, tag_dir)
+    if is_autoep(tag_dir):
+        from moe.train import universal
+        client_state = universal.load(engine, tag_dir)
+    else:
+        from moe.reshard import load_layout_free
+        client_state = load_layout_free(engine, tag_dir)
     if saved["world_size"] == layout["world_size"] and rng_file.is_file():
         set_rng_state(torch.load(rng_file, weights_only=False))
     else:

@@ -16,12 +16,15 @@ import yaml
 
 from moe.cli import parse_trainer_args
 from moe.config import ConfigError, Resolved, to_dict, write_run_folder
+from moe.config.pipeline import pipeline_stages
 from moe.data import BlockBatches, prepare_data
 from moe.model.gate import update_routing_bias
 from moe.model.router_stats import summarize
 from moe.parallel import all_reduce_mean, all_reduce_sum, barrier, expert_parallel_rank, init_distributed
 from moe.preflight import preflight
-from moe.train import checkpoint
+from moe.train import checkpoint, pipeline_step
+from moe.train.activation_checkpointing import enable_activation_checkpointing
+from moe.train.throughput import ThroughputMeter
 from moe.train.grad_norm import install_expert_aware_clipping
 from moe.train.metrics import MetricsLog
 from moe.train.schedule import build_scheduler
@@ -61,7 +64,13 @@ class Trainer:
 
         t = recipe.train
         vocab = (len(self.data.tokenizer) + 63) // 64 * 64  # pad the embedding to a multiple of 64
-        model = self.build_model(vocab)
+        self.pipeline = pipeline_stages(resolved.ds_config) > 1  # a deepspeed.pipe PipelineModule (moe/model/pipeline.py)
+        if self.pipeline:
+            from moe.model.pipeline import build_pipeline_model
+            model = build_pipeline_model(recipe, resolved.ds_config, vocab, rank, resolved.world_size, resume)
+        else:
+            model = self.build_model(vocab)
+            enable_activation_checkpointing(model, resolved.ds_config)  # the ds_config section, if any
         self.model_config = model.config
         if rank == 0:  # what `moe.export` and generation need besides the weights; fixed for the whole run
             self.data.tokenizer.save_pretrained(self.run_dir / "tokenizer")
@@ -70,16 +79,20 @@ class Trainer:
         self.engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=param_groups(model, weight_decay),
                                                     lr_scheduler=partial(build_scheduler, train_cfg=t),
                                                     config=resolved.ds_config)
-        install_expert_aware_clipping(self.engine)
+        (pipeline_step.install_pipeline_clipping if self.pipeline else install_expert_aware_clipping)(self.engine)
+        self.throughput = ThroughputMeter(self.model_config, recipe.data.seq_len, resolved.global_batch_tokens,
+                                          resolved.world_size, recipe.logging.peak_tflops)  # TFLOP/s, MFU, memory
         self.autoep_stats = self.autoep_router_stats() if recipe.moe.impl == "autoep" else None
-        for block in getattr(model, "layers", ()):  # our GPT (moe.impl=deepspeed)
+        blocks = [b for _, b in model.local_blocks()] if self.pipeline else getattr(model, "layers", ())
+        for block in blocks:  # our GPT (moe.impl=deepspeed)
             if block.is_moe:
                 block.mlp.router_stats.enabled = recipe.logging.router_stats
         # Seed after model build and engine setup, whose RNG use depends on the layout: gate sampling (RTS, 2nd
         # expert, noise) then draws the same numbers on data-parallel rank r under every EP size / ZeRO stage.
         seed_everything(t.seed + rank)
-        self.batches = BlockBatches(self.data.train, t.micro_batch_size, rank, resolved.dp_size, t.seed)
-        self.val_batches = BlockBatches(self.data.val, t.micro_batch_size, rank, resolved.dp_size, t.seed,
+        dp_rank = self.engine.grid.get_data_parallel_rank() if self.pipeline else rank  # a stage's ranks share data
+        self.batches = BlockBatches(self.data.train, t.micro_batch_size, dp_rank, resolved.dp_size, t.seed)
+        self.val_batches = BlockBatches(self.data.val, t.micro_batch_size, dp_rank, resolved.dp_size, t.seed,
                                         shuffle=False)
         self.step = self.samples_consumed = 0  # optimizer steps taken, training samples drawn (global)
         self.code_version = checkpoint.code_version() if rank == 0 else {}
@@ -150,6 +163,27 @@ class Trainer:
         engine, accum = self.engine, self.recipe.train.grad_accum
         start = time.perf_counter()
         lr = engine.get_lr()[0]
+        if self.pipeline:  # one PipelineEngine.train_batch is the whole step; its losses come back global
+            loss, lm_loss, aux_loss = pipeline_step.train_batch(engine, self.batches, self.samples_consumed, accum)
+        else:
+            loss, lm_loss, aux_loss = self.accumulate(accum)
+        self.step += 1
+        self.samples_consumed += self.resolved.ds_config["train_batch_size"]
+        elapsed = time.perf_counter() - start
+        grad_norm = engine.get_global_grad_norm()
+        record = {"step": self.step, "loss": loss, "lm_loss": lm_loss, "aux_loss": aux_loss, "lr": lr,
+                  "grad_norm": float(grad_norm) if grad_norm is not None else None,
+                  "tokens_per_s": self.resolved.global_batch_tokens / elapsed, "step_time_s": elapsed}
+        if self.resolved.precision == "fp16":  # dynamic loss scaling: DeepSpeed skips a step that overflowed
+            record.update(loss_scale=float(engine._get_optimizer_loss_scale()), skipped_steps=engine.skipped_steps,
+                          overflow=not engine.was_step_applied())
+        record.update(self.throughput.record(engine, elapsed))
+        return record
+
+    def accumulate(self, accum: int) -> list[float]:
+        """Forward, backward and step over `accum` micro-batches; (loss, lm_loss, aux_loss) averaged over them and all
+        ranks."""
+        engine = self.engine
         sums = torch.zeros(3, dtype=torch.float64)
         for micro in range(accum):
             position = self.samples_consumed + micro * self.batches.samples_per_micro_step
@@ -162,19 +196,14 @@ class Trainer:
                 self.autoep_stats.record(getattr(out, "router_logits", None))
             sums += torch.stack([out.loss.detach(), lm_loss.detach(), aux_loss.detach()]).double().cpu()
         update_routing_bias(engine.module)  # aux-loss-free balancing (moe.bias_update_rate), after the step
-        self.step += 1
-        self.samples_consumed += self.resolved.ds_config["train_batch_size"]
-        loss, lm_loss, aux_loss = all_reduce_mean((sums / accum).tolist())
-        elapsed = time.perf_counter() - start
-        grad_norm = engine.get_global_grad_norm()
-        return {"step": self.step, "loss": loss, "lm_loss": lm_loss, "aux_loss": aux_loss, "lr": lr,
-                "grad_norm": float(grad_norm) if grad_norm is not None else None,
-                "tokens_per_s": self.resolved.global_batch_tokens / elapsed, "step_time_s": elapsed}
+        return all_reduce_mean((sums / accum).tolist())
 
     def router_metrics(self) -> dict:
         """Routing telemetry summed over all ranks since the last call, per MoE layer (one all-reduce)."""
         if self.autoep_stats is not None:
             return self.autoep_router_metrics()
+        if self.pipeline:
+            return pipeline_step.router_metrics(self.engine.module) if self.recipe.logging.router_stats else {}
         layers = [(i, block.mlp.router_stats) for i, block in enumerate(self.engine.module.layers) if block.is_moe]
         if not layers or not self.recipe.logging.router_stats:
             return {}
@@ -201,15 +230,18 @@ class Trainer:
 
     @torch.no_grad()
     def validate(self) -> float:
-        engine = self.engine
+        engine, count = self.engine, self.recipe.train.eval_batches
         engine.eval()
-        total = 0.0
-        for i in range(self.recipe.train.eval_batches):
-            ids = self.val_batches.batch(i).to(engine.device)
-            with self.autoep_stats.paused() if self.autoep_stats is not None else nullcontext():
-                total += float(self.loss_parts(engine(ids, labels=ids))[0])
+        if self.pipeline:  # one PipelineEngine.eval_batch runs all `count` micro-batches
+            total = pipeline_step.validation_loss(engine, self.val_batches, count) * count
+        else:
+            total = 0.0
+            for i in range(count):
+                ids = self.val_batches.batch(i).to(engine.device)
+                with self.autoep_stats.paused() if self.autoep_stats is not None else nullcontext():
+                    total += float(self.loss_parts(engine(ids, labels=ids))[0])
         engine.train()
-        (val_loss,) = all_reduce_mean([total / self.recipe.train.eval_batches])
+        (val_loss,) = all_reduce_mean([total / count])
         if self.metrics:
             self.metrics.log({"step": self.step, "val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 50.0))})
         return val_loss

@@ -27,6 +27,8 @@ CASES = {
     "mixtral_ep2_zero3": ("mixtral", 2, "zero3.json", []),
     "qwen3_moe_ep2_zero3": ("qwen3_moe", 2, "zero3.json", ["moe.interval=2"]),
     "deepseek_v3_ep2_zero2": ("deepseek_v3", 2, "zero2.json", ["moe.aux_loss_coef=0", "model.n_kv_heads=null"]),
+    "mixtral_ep2_zero2_offload": ("mixtral", 2, "zero2_offload.json", []),
+    "mixtral_ep2_zero1_bf16": ("mixtral", 2, "zero1_bf16.json", []),
 }
 STEPS = 3
 WATCHED = (".embed_tokens.weight", ".layers.1.mlp.router.gate.weight", ".layers.1.mlp.experts.w2")

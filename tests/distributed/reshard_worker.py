@@ -12,7 +12,6 @@ copies it to DP_RESUMED's folder as if it had died after step SAVE_AT; the test 
    those saves' layout-free state;
 4. exports one run to HF and starts a run from it with model.init_from: records both models' eval logits.
 """
-import shutil
 import sys
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from moe.config import load_ds_config, load_recipe, resolve, split_overrides, to
 from moe.parallel import barrier, init_distributed  # noqa: E402
 from moe.train.checkpoint import check_resume, run_layout  # noqa: E402
 from moe.train.trainer import Trainer  # noqa: E402
+from tests.helpers import interrupted_copy  # noqa: E402
 
 STEPS, SAVE_AT = 6, 3
 # Gate sampling draws from each rank's RNG stream, which a different rank count cannot continue: the DP case routes
@@ -53,14 +53,6 @@ def resolved_for(out: Path, name: str, ep_size: int, ds_name: str, extra: list[s
         f"train.max_steps={STEPS}", f"train.save_interval={SAVE_AT}", "train.eval_interval=0",
         "logging.progress_bar=false", *extra])
     return resolve(recipe, load_ds_config(REPO / "ds_configs" / ds_name, ds_overrides), world_size, ds_name)
-
-
-def interrupted_copy(out: Path, source: str, name: str) -> None:
-    """runs/<name>: runs/<source> as if the job had died right after its step-SAVE_AT checkpoint."""
-    src, dst = out / "runs" / source, out / "runs" / name
-    shutil.copytree(src, dst)
-    shutil.rmtree(dst / "checkpoints" / f"global_step{STEPS}")
-    (dst / "checkpoints" / "latest").write_text(f"global_step{SAVE_AT}")  # metrics past it: dropped on resume
 
 
 def resume(out: Path, rank: int, world_size: int, name: str, ep_size: int, ds_name: str, extra: list[str]) -> Trainer:
@@ -109,7 +101,7 @@ def train(out: Path) -> None:
         trainer.engine.destroy()
     if rank == 0:
         for name, (source, *_) in RESHARDED.items():
-            interrupted_copy(out, source, name)
+            interrupted_copy(out / "runs", source, name, STEPS, SAVE_AT)
         export(out / "runs" / IMPORT_SOURCE, out / "hf_export")
     barrier()
     for name in RESHARDED:
@@ -137,7 +129,7 @@ def train_1rank(out: Path) -> None:
     trainer = Trainer(resolved_for(out, name, ep_size, ds_name, extra, world_size), rank)
     trainer.fit()
     trainer.engine.destroy()
-    interrupted_copy(out, name, DP_RESUMED[0])
+    interrupted_copy(out / "runs", name, DP_RESUMED[0], STEPS, SAVE_AT)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ pytestmark = pytest.mark.distributed
 
 
 @pytest.fixture(scope="module")
-def autoep_runs(tmp_path_factory):
+def autoep_runs(tmp_path_factory, deepspeed_cpu_adam_built):
     out = tmp_path_factory.mktemp("autoep")
     proc = run_distributed(REPO / "tests/distributed/autoep_layouts_worker.py", str(out), ranks=2)
     assert proc.returncode == 0, explain(proc)
@@ -62,6 +62,21 @@ def test_zero2_and_zero3_match_zero1(autoep_runs):
     for name in ("mixtral_ep2_zero2", "mixtral_ep2_zero3"):
         assert results[name]["loss"] == pytest.approx(reference["loss"], rel=1e-6), name
         assert results[name]["grad_norm"] == pytest.approx(reference["grad_norm"], rel=1e-5), name
+
+
+def test_cpu_offload_matches_no_offload(autoep_runs):
+    _, results, _ = autoep_runs
+    offload, reference = results["mixtral_ep2_zero2_offload"], results["mixtral_ep2_zero2"]
+    assert offload["loss"] == pytest.approx(reference["loss"], rel=1e-6)  # DeepSpeedCPUAdam against torch AdamW
+    assert offload["grad_norm"] == pytest.approx(reference["grad_norm"], rel=1e-5)
+
+
+def test_bf16_tracks_fp32(autoep_runs):
+    _, results, _ = autoep_runs
+    bf16, fp32 = results["mixtral_ep2_zero1_bf16"], results["mixtral_ep2_zero1"]
+    assert bf16["loss"] == pytest.approx(fp32["loss"], rel=1e-2)  # the bf16 bound of test_layouts.py
+    assert bf16["grad_norm"] == pytest.approx(fp32["grad_norm"], rel=1e-2)
+    assert bf16["grad_norm"] != pytest.approx(fp32["grad_norm"], rel=1e-5)  # and it did run in bf16
 
 
 def test_router_telemetry_counts_every_route(autoep_runs):

@@ -4,6 +4,8 @@ import shutil
 
 import pytest
 
+from moe.cost import model_cost
+from moe.model import MoEGPTConfig
 from tests.e2e.conftest import STEPS, TINY
 from tests.helpers import explain, launch_bash, launch_deepspeed, read_metrics, snapshot
 
@@ -23,7 +25,8 @@ def test_bash_launcher_trains_tiny_recipe_on_two_ranks(bash_run):
     assert "launch: 2 rank(s)" in proc.stdout
     train = train_records(read_metrics(run_dir))
     assert [m["step"] for m in train] == list(range(1, STEPS + 1))
-    base = {"step", "loss", "lm_loss", "aux_loss", "lr", "grad_norm", "tokens_per_s", "step_time_s"}
+    base = {"step", "loss", "lm_loss", "aux_loss", "lr", "grad_norm", "tokens_per_s", "step_time_s",
+            "tflops_per_device", "mfu", "rss_gb", "rss_peak_gb"}  # throughput telemetry (moe/train/throughput.py)
     router = {f"router/layer1/{k}" for k in ("tokens_per_expert", "max_mean_load", "dropped_frac", "router_entropy",
                                               "router_entropy_norm", "aux_loss", "z_loss", "seq_aux_loss")}  # tiny: layer 1 is the MoE one
     assert set(train[0]) == base | router
@@ -32,6 +35,11 @@ def test_bash_launcher_trains_tiny_recipe_on_two_ranks(bash_run):
         assert kept == round((1 - m["router/layer1/dropped_frac"]) * 2048) and 1024 <= kept <= 2048
         assert 0 < m["router/layer1/router_entropy_norm"] <= 1 and m["router/layer1/max_mean_load"] >= 1
     assert all(m["grad_norm"] is not None and m["tokens_per_s"] > 0 for m in train)
+    config = MoEGPTConfig.from_pretrained(run_dir / "model_config")
+    flops_per_token = model_cost(config, 64).train_flops_per_token()  # tiny: seq_len 64
+    for m in train:  # achieved TFLOP/s per device from the same tokens/s and the hand-checked FLOPs (test_cost.py)
+        assert m["tflops_per_device"] == pytest.approx(m["tokens_per_s"] * flops_per_token / 2 / 1e12, rel=1e-9)
+        assert 0 < m["mfu"] < 1.5 and 0 < m["rss_gb"] <= m["rss_peak_gb"] * 1.01
     first, last5 = train[0]["loss"], sum(m["loss"] for m in train[-5:]) / 5
     assert last5 < 0.92 * first, f"loss did not fall: {first:.3f} -> {last5:.3f}"
     val = val_records(read_metrics(run_dir))

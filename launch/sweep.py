@@ -1,0 +1,18 @@
+"""Expand a scaling grid into runs and start them: in sequence here, over a DeepSpeed hostfile, or as SLURM arrays.
+
+    python launch/sweep.py recipes/scaling/tiny_grid.yaml --dry-run          # check every run, print its command
+    python launch/sweep.py recipes/scaling/tiny_grid.yaml                    # run them one after another
+    python launch/sweep.py recipes/scaling/dsmoe_paper_grid.yaml --hostfile hosts
+    python launch/sweep.py recipes/scaling/dsmoe_paper_grid.yaml --slurm --gpus-per-node 8
+
+The grid format and the expansion are in moe/sweep.py.
+"""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from moe.sweep import main  # noqa: E402
+
+if __name__ == "__main__":
+    sys.exit(main())

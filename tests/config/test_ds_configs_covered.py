@@ -1,0 +1,34 @@
+"""Every JSON in ds_configs/ is run by a named test, or refused by one with its documented error. A new JSON without
+an entry here fails this test; an entry whose test no longer names the JSON fails too."""
+import pytest
+
+from tests.helpers import REPO
+
+# ds_config -> the test module that runs it for at least 2 steps (or, where this machine cannot, refuses it)
+COVERED_BY = {
+    "zero0.json": "tests/distributed/layouts_worker.py",
+    "zero1.json": "tests/distributed/layouts_worker.py",
+    "zero2.json": "tests/distributed/layouts_worker.py",
+    "zero3.json": "tests/distributed/layouts_worker.py",  # dense; AutoEP in tests/distributed/autoep_layouts_worker.py
+    "zero0_bf16.json": "tests/distributed/reshard_worker.py",
+    "zero1_bf16.json": "tests/distributed/layouts_worker.py",
+    "zero2_bf16.json": "tests/distributed/reshard_worker.py",
+    "zero3_bf16.json": "tests/distributed/layouts_worker.py",
+    "zero1_accum4.json": "tests/distributed/layouts_worker.py",
+    "zero1_activation_ckpt.json": "tests/distributed/layouts_worker.py",
+    "zero2_offload.json": "tests/distributed/layouts_worker.py",
+    "zero1_fp16.json": "tests/gpu/test_precision_gpu.py",  # CPU: refused in tests/config/test_memory_saving.py
+    "zero3_offload_nvme.json": "tests/config/test_memory_saving.py",  # refused without libaio, with its error
+    "elastic.json": "tests/e2e/test_elastic_and_compressed.py",
+    "pipeline2.json": "tests/distributed/pipeline_worker.py",
+}
+
+
+def test_every_shipped_ds_config_has_a_test():
+    shipped = {p.name for p in (REPO / "ds_configs").glob("*.json")}
+    assert shipped == set(COVERED_BY), f"add an entry (and a test) for {sorted(shipped - set(COVERED_BY))}"
+
+
+@pytest.mark.parametrize("ds_config, test_file", sorted(COVERED_BY.items()))
+def test_the_named_test_uses_the_config(ds_config, test_file):
+    assert ds_config in (REPO / test_file).read_text()
