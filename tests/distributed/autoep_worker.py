@@ -8,9 +8,14 @@ import json
 import sys
 from pathlib import Path
 
-import deepspeed
-import torch
-from transformers import MixtralConfig, MixtralForCausalLM
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+
+import deepspeed  # noqa: E402
+import torch  # noqa: E402
+from transformers import MixtralConfig, MixtralForCausalLM  # noqa: E402
+
+from moe.parallel import init_distributed  # noqa: E402  (DeepSpeed's, plus unlinking its /dev/shm buffer)
 
 STAGES = (1, 3)
 
@@ -44,8 +49,7 @@ def run_stage(stage: int, rank: int) -> dict:
 
 
 def main(out_dir: Path) -> None:
-    deepspeed.init_distributed(dist_backend="gloo")
-    rank = torch.distributed.get_rank()
+    rank, _ = init_distributed()
     results = {f"rank{rank}_zero{stage}": run_stage(stage, rank) for stage in STAGES}
     gathered = [None, None]
     torch.distributed.all_gather_object(gathered, results)
