@@ -18,7 +18,7 @@ COVERED_BY = {
     "zero1_activation_ckpt.json": "tests/distributed/layouts_worker.py",
     "zero2_offload.json": "tests/distributed/layouts_worker.py",
     "zero1_fp16.json": "tests/gpu/test_precision_gpu.py",  # CPU: refused in tests/config/test_memory_saving.py
-    "zero3_offload_nvme.json": "tests/config/test_memory_saving.py",  # refused without libaio, with its error
+    "zero3_offload_nvme.json": "tests/distributed/test_nvme_offload.py",  # refused without libaio: test_memory_saving
     "elastic.json": "tests/e2e/test_elastic_and_compressed.py",
     "pipeline2.json": "tests/distributed/pipeline_worker.py",
 }

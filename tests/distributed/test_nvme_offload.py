@@ -1,6 +1,6 @@
 """ZeRO-Infinity: parameters and optimizer states offloaded to a local folder standing in for an NVMe drive
 (ds_configs/zero3_offload_nvme.json), against ZeRO-3 without offload, dense tiny model on 2 gloo ranks through the
-launcher. Needs libaio (DeepSpeed's async_io op); skipped only where it is absent (tests/conftest.py)."""
+launcher. DeepSpeed's async_io op needs libaio: tests/conftest.py fetches it where the system lacks it."""
 import pytest
 
 from tests.helpers import explain, launch_bash, read_metrics
@@ -17,7 +17,7 @@ def train(runs, ds_config, *overrides):
     return [m for m in read_metrics(runs / "tiny") if "loss" in m]
 
 
-def test_nvme_offload_matches_zero3_in_memory(tmp_path, deepspeed_cpu_adam_built):
+def test_nvme_offload_matches_zero3_in_memory(tmp_path, deepspeed_cpu_adam_built, deepspeed_async_io_built):
     nvme = tmp_path / "nvme"
     nvme.mkdir()
     offloaded = train(tmp_path / "offload", "zero3_offload_nvme.json",
