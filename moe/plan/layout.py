@@ -44,7 +44,7 @@ def layout_of(resolved) -> Layout:
     stages = pipeline_stages(ds)
     offload_opt = (zero.get("offload_optimizer") or {}).get("device", "none") in ("cpu", "nvme")
     offload_param = (zero.get("offload_param") or {}).get("device", "none") in ("cpu", "nvme")
-    return Layout(world_size=resolved.world_size, stages=stages, dp=resolved.world_size // stages,
+    return Layout(world_size=resolved.world_size, stages=stages, dp=resolved.dp_size,
                   ep=recipe.moe.ep_size if recipe.moe.enabled else 1, zero_stage=int(zero.get("stage", 0) or 0),
                   precision=recipe.train.precision, offload_optimizer=offload_opt, offload_params=offload_param,
                   reduce_bucket=int(zero.get("reduce_bucket_size", DEFAULT_REDUCE_BUCKET)),

@@ -33,32 +33,6 @@ def validation_loss(engine, val_batches, count: int) -> float:
     return float(engine.eval_batch(data, num_micro_batches=count))
 
 
-def router_metrics(module) -> dict:
-    """Routing telemetry per MoE layer, as Trainer.router_metrics reports it without a pipeline.
-
-    Each rank holds its stage's MoE layers only; it contributes zeros for the others, so one all-reduce over all
-    ranks (the same collective as without a pipeline) adds up each layer over its stage's data-parallel ranks."""
-    from moe.model.router_stats import summarize
-    from moe.parallel import all_reduce_sum
-    config = module.config
-    local = {index: block.mlp.router_stats for index, block in module.local_blocks() if block.is_moe}
-    layer_ids = config.moe_layer_ids()
-    widths = [config.experts_in_layer(i) + 7 for i in layer_ids]  # RouterStats.sums layout
-    if not layer_ids:
-        return {}
-    device = next(module.parameters()).device  # the sums stay on the device; NCCL reduces device tensors only
-    parts = [local[i].sums.to(device) if i in local else torch.zeros(w, dtype=torch.float64, device=device)
-             for i, w in zip(layer_ids, widths)]
-    summed = all_reduce_sum(torch.cat(parts))  # (sum of widths,), a copy: the local sums may be reset now
-    for stats in local.values():
-        stats.reset()
-    out = {}
-    for layer, sums in zip(layer_ids, summed.split(widths)):
-        for key, value in summarize(sums, config.experts_in_layer(layer)).items():
-            out[f"router/layer{layer}/{key}"] = value
-    return out
-
-
 def install_pipeline_clipping(engine) -> None:
     """Clip by the gradient norm of the whole model, summed over the pipeline stages (fp32, ZeRO 0 or 1)."""
     if engine.zero_optimization_stage() == 1:

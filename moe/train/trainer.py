@@ -24,10 +24,10 @@ from moe.parallel import all_reduce_mean, all_reduce_sum, barrier, expert_parall
 from moe.preflight import preflight
 from moe.train import checkpoint, pipeline_step
 from moe.train.activation_checkpointing import enable_activation_checkpointing
-from moe.train.throughput import ThroughputMeter
 from moe.train.grad_norm import install_expert_aware_clipping
 from moe.train.metrics import MetricsLog
 from moe.train.schedule import build_scheduler
+from moe.train.throughput import ThroughputMeter
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -80,8 +80,9 @@ class Trainer:
                                                     lr_scheduler=partial(build_scheduler, train_cfg=t),
                                                     config=resolved.ds_config)
         (pipeline_step.install_pipeline_clipping if self.pipeline else install_expert_aware_clipping)(self.engine)
+        # TFLOP/s, MFU, memory: rank 0 writes the metrics, so only it measures the peak and reads the timers
         self.throughput = ThroughputMeter(self.model_config, recipe.data.seq_len, resolved.global_batch_tokens,
-                                          resolved.world_size, recipe.logging.peak_tflops)  # TFLOP/s, MFU, memory
+                                          resolved.world_size, recipe.logging.peak_tflops) if rank == 0 else None
         self.autoep_stats = self.autoep_router_stats() if recipe.moe.impl == "autoep" else None
         blocks = [b for _, b in model.local_blocks()] if self.pipeline else getattr(model, "layers", ())
         for block in blocks:  # our GPT (moe.impl=deepspeed)
@@ -177,7 +178,8 @@ class Trainer:
         if self.resolved.precision == "fp16":  # dynamic loss scaling: DeepSpeed skips a step that overflowed
             record.update(loss_scale=float(engine._get_optimizer_loss_scale()), skipped_steps=engine.skipped_steps,
                           overflow=not engine.was_step_applied())
-        record.update(self.throughput.record(engine, elapsed))
+        if self.throughput:
+            record.update(self.throughput.record(engine, elapsed))
         return record
 
     def accumulate(self, accum: int) -> list[float]:
@@ -202,19 +204,12 @@ class Trainer:
         """Routing telemetry summed over all ranks since the last call, per MoE layer (one all-reduce)."""
         if self.autoep_stats is not None:
             return self.autoep_router_metrics()
-        if self.pipeline:
-            return pipeline_step.router_metrics(self.engine.module) if self.recipe.logging.router_stats else {}
-        layers = [(i, block.mlp.router_stats) for i, block in enumerate(self.engine.module.layers) if block.is_moe]
-        if not layers or not self.recipe.logging.router_stats:
+        if not self.recipe.logging.router_stats:
             return {}
-        sums = all_reduce_sum(torch.cat([stats.sums for _, stats in layers]))
-        out = {}
-        # PR-MoE layers have different expert counts, so their sums have different widths
-        for (layer, stats), layer_sums in zip(layers, sums.split([stats.sums.numel() for _, stats in layers])):
-            for key, value in summarize(layer_sums, stats.num_experts).items():
-                out[f"router/layer{layer}/{key}"] = value
-            stats.reset()
-        return out
+        module = self.engine.module  # a pipeline stage holds some of the blocks
+        blocks = module.local_blocks() if self.pipeline else enumerate(module.layers)
+        return layer_router_metrics(module.config, {i: b.mlp.router_stats for i, b in blocks if b.is_moe},
+                                    self.engine.device)
 
     def autoep_router_metrics(self) -> dict:
         stats = self.autoep_stats
@@ -254,3 +249,21 @@ class Trainer:
                     "version.json": json.dumps(self.code_version, indent=2) + "\n"}
         checkpoint.save(self.engine, self.run_dir, self.step, client_state, metadata,
                         keep=self.recipe.train.keep_checkpoints)
+
+
+def layer_router_metrics(config, local: dict, device: torch.device) -> dict:
+    """Routing telemetry per MoE layer from each rank's RouterStats (`local`: layer index -> stats of the layers
+    this rank holds), summed over all ranks in one all-reduce and reset. A layer held elsewhere (another pipeline
+    stage) contributes zeros here, so every rank issues the same collective. `device`: where the sums are reduced
+    (NCCL reduces device tensors only)."""
+    layer_ids = config.moe_layer_ids()
+    if not layer_ids:
+        return {}
+    widths = [config.experts_in_layer(i) + 7 for i in layer_ids]  # RouterStats.sums: E + 7 (router_stats.py)
+    parts = [local[i].sums.to(device) if i in local else torch.zeros(w, dtype=torch.float64, device=device)
+             for i, w in zip(layer_ids, widths)]
+    summed = all_reduce_sum(torch.cat(parts))  # (sum of widths,), a copy: the local sums may be reset now
+    for stats in local.values():
+        stats.reset()
+    return {f"router/layer{layer}/{key}": value for layer, sums in zip(layer_ids, summed.split(widths))
+            for key, value in summarize(sums, config.experts_in_layer(layer)).items()}
