@@ -1,17 +1,18 @@
-"""Forward + backward time of ONE dropless MoE layer, three implementations, same shapes and weights.
+"""Forward + backward time of ONE dropless MoE layer, four implementations, same shapes and weights.
 
     python benchmarks/moe_layer.py                                    # CPU defaults, < 60 s on 2 cores
     python benchmarks/moe_layer.py --device cuda --dtype bfloat16 --tokens 16384 --d-model 1024 --d-ff 2048
 
-Implementations (benchmarks/moe_layer_impls.py): DeepSpeed native deepspeed.moe.layer.MoE (drop_tokens=False),
+Implementations (benchmarks/moe_layer_impls.py): DeepSpeed native deepspeed.moe.layer.MoE (drop_tokens=False), the
+same with its experts batched (moe.batched_experts),
 DeepSpeed AutoEP's grouped experts (the layer AutoEP swaps in for an HF Qwen3-MoE block, autoep_size=1), and
-transformers' eager loop over experts. Before timing, the script checks that the three give the same output and
+transformers' eager loop over experts. Before timing, the script checks that the four give the same output and
 input gradient (fp32: allclose; bf16/fp16: the same within rounding on at least 99% of tokens, since a router
 computed in low precision may pick another expert for a token whose top-k scores nearly tie).
 
 Time per token is the median over --iters timed iterations of (forward, backward, synchronize) / tokens, after
 --warmup untimed ones; the fastest iteration is reported too (on a shared machine, the least disturbed one). The
-implementations take turns every iteration, so that a change in machine load hits all three alike. The table goes
+implementations take turns every iteration, so that a change in machine load hits all of them alike. The table goes
 to stdout and the JSON to benchmarks/results/moe_layer_<device>.json (or --json).
 """
 from __future__ import annotations

@@ -1,7 +1,10 @@
-"""One MoE layer built three ways from one weight set, so that all three compute the same function.
+"""One MoE layer built four ways from one weight set, so that all four compute the same function.
 
     deepspeed_native  deepspeed.moe.layer.MoE (drop_tokens=False) with our SwiGLU expert: TopKGate, then every
                       expert runs on a (capacity, d) slab padded to the busiest expert's token count.
+    deepspeed_native_batched
+                      the same layer with moe.batched_experts: the padded slabs of all local experts go through
+                      three batched matmuls (moe/model/batched_experts.py) instead of a loop of 3 per expert.
     autoep_grouped    the AutoEPMoELayer that DeepSpeed AutoEP swaps in for a Hugging Face sparse-MoE block:
                       tokens sorted by expert, one grouped GEMM per projection (torch._grouped_mm, the Triton
                       kernel on sm8x GPUs, or AutoEP's own per-expert loop when use_grouped_mm=False).
@@ -68,6 +71,14 @@ class NativeMoE(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, d) -> (B, T, d)
         return self.moe(x)[0]
+
+
+def deepspeed_native_batched(w: MoEWeights, k: int) -> NativeMoE:
+    """deepspeed_native with its local experts run as batched matmuls (moe.batched_experts)."""
+    from moe.model.batched_experts import use_batched_experts
+    layer = deepspeed_native(w, k)
+    use_batched_experts(layer.moe)
+    return layer
 
 
 def deepspeed_native(w: MoEWeights, k: int) -> NativeMoE:
@@ -205,13 +216,14 @@ class Implementation:
 
 IMPLEMENTATIONS = (
     Implementation("deepspeed_native", deepspeed_native, read_native),
+    Implementation("deepspeed_native_batched", deepspeed_native_batched, read_native),
     Implementation("autoep_grouped", autoep_grouped, read_autoep),
     Implementation("hf_eager", hf_eager, read_hf),
 )
 
 
 def build_all(w: MoEWeights, k: int, device: str, dtype: torch.dtype) -> dict[str, nn.Module]:
-    """The three layers on `device` in `dtype`, each holding a copy of `w`, in training mode."""
+    """The layers on `device` in `dtype`, each holding a copy of `w`, in training mode."""
     layers = {}
     for impl in IMPLEMENTATIONS:
         options = {"disable_triton_grouped_mm": device == "cpu"} if impl.build is autoep_grouped else {}

@@ -46,10 +46,13 @@ def expert_parallel_rank(ep_size: int) -> int:
     return groups._get_expert_parallel_rank(name)
 
 
-def all_reduce_mean(values: list[float | torch.Tensor]) -> list[float]:
-    """Average scalars over all ranks with one collective."""
+def all_reduce_mean(values: list[float] | torch.Tensor) -> list[float]:
+    """Average scalars (a list, or a 1-D tensor on any device) over all ranks with one collective."""
     import deepspeed.comm as dist
-    t = torch.tensor([float(v) for v in values], dtype=torch.float64)
+    if isinstance(values, torch.Tensor):
+        t = values.detach().double().clone()
+    else:
+        t = torch.tensor([float(v) for v in values], dtype=torch.float64)
     if torch.cuda.is_available():
         t = t.cuda()
     if dist.is_initialized() and dist.get_world_size() > 1:

@@ -1,4 +1,4 @@
-"""benchmarks/moe_layer.py runs end to end at tiny sizes: three implementations that agree, positive times.
+"""benchmarks/moe_layer.py runs end to end at tiny sizes: four implementations that agree, positive times.
 No speed is asserted."""
 import json
 import subprocess
@@ -9,7 +9,7 @@ import pytest
 from tests.helpers import REPO, child_env
 
 
-def test_moe_layer_benchmark_times_three_matching_implementations(tmp_path):
+def test_moe_layer_benchmark_times_four_matching_implementations(tmp_path):
     top_k = 2
     out = tmp_path / "moe_layer.json"
     proc = subprocess.run([sys.executable, "benchmarks/moe_layer.py", "--device", "cpu", "--tokens", "96",
@@ -18,7 +18,7 @@ def test_moe_layer_benchmark_times_three_matching_implementations(tmp_path):
                           cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
     r = json.loads(out.read_text())
-    assert [row["implementation"] for row in r["rows"]] == ["deepspeed_native", "autoep_grouped", "hf_eager"]
+    assert [row["implementation"] for row in r["rows"]] == ["deepspeed_native", "deepspeed_native_batched", "autoep_grouped", "hf_eager"]
     assert r["autoep_expert_path"] == "torch._grouped_mm" and r["top_k"] == top_k and r["dtype"] == "float32"
     for row in r["rows"]:
         assert row["tokens"] == 96 and len(row["iter_s"]) == 2 and all(t > 0 for t in row["iter_s"])

@@ -18,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from moe.config.compile import check_compile
 from moe.config.compressed_comm import check_compressed_comm
 from moe.config.elastic import apply_elasticity
 from moe.config.loader import ConfigError, apply_override, to_dict
@@ -107,6 +108,7 @@ def resolve(recipe: Recipe, ds_config: dict, world_size: int, ds_config_path: st
     _validate_train(recipe)
     dp_size = validate_pipeline(recipe, ds, world_size, where)  # world_size // pipeline.stages
     check_memory_saving(ds, recipe.moe.impl, world_size // dp_size, where)  # offload, activation checkpointing
+    check_compile(ds, recipe.moe.impl, world_size // dp_size, where)  # torch.compile
 
     t = recipe.train
     train_batch = t.micro_batch_size * t.grad_accum * dp_size

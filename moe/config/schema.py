@@ -52,6 +52,7 @@ class MoEConfig:
     z_loss_coef: float = 0.0  # ST-MoE router z-loss: mean over tokens of logsumexp(router logits)^2
     seq_aux_loss_coef: float = 0.0  # DeepSeek-V3 sequence-wise balance loss (per sequence, averaged over sequences)
     bias_update_rate: float = 0.0  # DeepSeek-V3 aux-loss-free balancing: per-expert routing bias step (0 = off)
+    batched_experts: bool = False  # impl=deepspeed: run the local experts as batched matmuls, not a loop (moe/model/batched_experts.py)
 
 
 @dataclass

@@ -15,7 +15,7 @@ class MoEGPTConfig(PretrainedConfig):
                  eval_capacity_factor: float = 1.0, min_capacity: int = 4, drop_tokens: bool = True,
                  use_rts: bool = True, noisy_gate_policy: str | None = None, use_residual: bool = False,
                  top2_2nd_expert_sampling: bool = True, aux_loss_coef: float = 0.01, z_loss_coef: float = 0.0,
-                 seq_aux_loss_coef: float = 0.0, bias_update_rate: float = 0.0,
+                 seq_aux_loss_coef: float = 0.0, bias_update_rate: float = 0.0, batched_experts: bool = False,
                  tie_word_embeddings: bool = False, **kwargs):
         self.vocab_size = vocab_size
         self.d_model = d_model
@@ -45,6 +45,7 @@ class MoEGPTConfig(PretrainedConfig):
         self.z_loss_coef = z_loss_coef
         self.seq_aux_loss_coef = seq_aux_loss_coef
         self.bias_update_rate = bias_update_rate
+        self.batched_experts = batched_experts  # speed only: the same math and parameters as DeepSpeed's loop
         # HF generic names, read by generate() and friends
         self.hidden_size = d_model
         self.num_hidden_layers = n_layers
@@ -81,4 +82,4 @@ def config_from_recipe(recipe, vocab_size: int) -> MoEGPTConfig:
         use_rts=e.use_rts, noisy_gate_policy=e.noisy_gate_policy, use_residual=e.use_residual,
         top2_2nd_expert_sampling=e.top2_2nd_expert_sampling, aux_loss_coef=e.aux_loss_coef,
         z_loss_coef=e.z_loss_coef, seq_aux_loss_coef=e.seq_aux_loss_coef, bias_update_rate=e.bias_update_rate,
-        tie_word_embeddings=m.tie_embeddings)
+        batched_experts=e.batched_experts, tie_word_embeddings=m.tie_embeddings)

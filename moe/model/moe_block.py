@@ -10,6 +10,7 @@ import torch
 from deepspeed.moe.layer import MoE
 from torch import nn
 
+from moe.model.batched_experts import use_batched_experts
 from moe.model.gate import RouterGate, RouterLosses
 from moe.model.layers import SwiGLU
 from moe.model.router_stats import RouterStats
@@ -31,6 +32,8 @@ class MoEMLP(nn.Module):
         self.moe.deepspeed_moe.gate = RouterGate(
             config.d_model, num_experts, **gate_args, z_loss_coef=config.z_loss_coef,
             seq_aux_loss_coef=config.seq_aux_loss_coef, bias_update_rate=config.bias_update_rate)
+        if getattr(config, "batched_experts", False):  # configs saved before the option lack it
+            use_batched_experts(self.moe)
         self.num_experts = num_experts
         self.train_sampling = (config.top2_2nd_expert_sampling, config.use_rts)
         self.router_stats = RouterStats(self.moe.deepspeed_moe.gate, num_experts, config.num_experts_per_tok)

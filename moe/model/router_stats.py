@@ -65,9 +65,12 @@ def kept_per_expert(gate_output: tuple, num_experts: int) -> torch.Tensor:
     """(E,) routes each expert accepted (within capacity), from either of TopKGate's output forms."""
     if isinstance(gate_output[2], torch.Tensor):  # dense: (l_aux, combine (S, E, C), dispatch mask (S, E, C), counts)
         return gate_output[2].sum(dim=(0, 2))
-    # sparse routes: (l_aux, capacity, E, expert index per route, locations, gates, counts); index -1 = dropped
-    indices = gate_output[3].flatten().long()
-    return torch.bincount(indices[indices >= 0], minlength=num_experts)
+    # sparse routes: (l_aux, capacity, E, expert index per route, locations, gates, counts); index -1 = dropped.
+    # Count into E + 1 bins, the first for drops, with a fixed-size scatter: boolean indexing (nonzero) and CUDA's
+    # bincount (which reads the max index) would each stall the host until the device catches up, every layer.
+    indices = gate_output[3].flatten().long() + 1  # (k * S,), 0 = dropped
+    counts = torch.zeros(num_experts + 1, dtype=torch.float64, device=indices.device)
+    return counts.scatter_add_(0, indices, torch.ones_like(indices, dtype=torch.float64))[1:]
 
 
 def summarize(sums: torch.Tensor, num_experts: int) -> dict:

@@ -24,6 +24,7 @@ from moe.parallel import all_reduce_mean, all_reduce_sum, barrier, expert_parall
 from moe.preflight import preflight
 from moe.train import checkpoint, pipeline_step
 from moe.train.activation_checkpointing import enable_activation_checkpointing
+from moe.train.compile import compile_model
 from moe.train.grad_norm import install_expert_aware_clipping
 from moe.train.metrics import MetricsLog
 from moe.train.schedule import build_scheduler
@@ -80,6 +81,10 @@ class Trainer:
                                                     lr_scheduler=partial(build_scheduler, train_cfg=t),
                                                     config=resolved.ds_config)
         (pipeline_step.install_pipeline_clipping if self.pipeline else install_expert_aware_clipping)(self.engine)
+        if not self.pipeline:
+            compiled = compile_model(self.engine, recipe.moe.impl, resolved.ds_config)  # the ds_config section, if any
+            if compiled and rank == 0:
+                print(f"torch.compile: {len(compiled)} regions ({compiled[0]}, ...)", flush=True)
         # TFLOP/s, MFU, memory: rank 0 writes the metrics, so only it measures the peak and reads the timers
         self.throughput = ThroughputMeter(self.model_config, recipe.data.seq_len, resolved.global_batch_tokens,
                                           resolved.world_size, recipe.logging.peak_tflops) if rank == 0 else None
@@ -186,7 +191,7 @@ class Trainer:
         """Forward, backward and step over `accum` micro-batches; (loss, lm_loss, aux_loss) averaged over them and all
         ranks."""
         engine = self.engine
-        sums = torch.zeros(3, dtype=torch.float64)
+        sums = torch.zeros(3, dtype=torch.float64, device=engine.device)  # on device: no host sync per micro-batch
         for micro in range(accum):
             position = self.samples_consumed + micro * self.batches.samples_per_micro_step
             ids = self.batches.at_sample(position).to(engine.device)  # (B, T)
@@ -196,9 +201,9 @@ class Trainer:
             lm_loss, aux_loss = self.loss_parts(out)
             if self.autoep_stats is not None:
                 self.autoep_stats.record(getattr(out, "router_logits", None))
-            sums += torch.stack([out.loss.detach(), lm_loss.detach(), aux_loss.detach()]).double().cpu()
+            sums += torch.stack([out.loss.detach(), lm_loss.detach(), aux_loss.detach()]).double()
         update_routing_bias(engine.module)  # aux-loss-free balancing (moe.bias_update_rate), after the step
-        return all_reduce_mean((sums / accum).tolist())
+        return all_reduce_mean(sums / accum)  # the step's one read of the losses
 
     def router_metrics(self) -> dict:
         """Routing telemetry summed over all ranks since the last call, per MoE layer (one all-reduce)."""

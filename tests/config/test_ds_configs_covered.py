@@ -12,6 +12,7 @@ COVERED_BY = {
     "zero3.json": "tests/distributed/layouts_worker.py",  # dense; AutoEP in tests/distributed/autoep_layouts_worker.py
     "zero0_bf16.json": "tests/distributed/reshard_worker.py",
     "zero1_bf16.json": "tests/distributed/layouts_worker.py",
+    "zero1_bf16_compile.json": "tests/e2e/test_compile.py",  # in fp32 on CPU; bf16 in benchmarks/gpu_mfu.py
     "zero2_bf16.json": "tests/distributed/reshard_worker.py",
     "zero3_bf16.json": "tests/distributed/layouts_worker.py",
     "zero1_accum4.json": "tests/distributed/layouts_worker.py",

@@ -28,6 +28,7 @@ LAYOUTS = {
     "ep1_zero1": (1, "zero1.json", []),
     "ep2_zero1": (2, "zero1.json", []),
     "ep2_zero2": (2, "zero2.json", []),
+    "ep2_zero1_batched": (2, "zero1.json", ["moe.batched_experts=true"]),
     # clipping at 0.05 scales every step's update (grad norms here are ~0.3-2): the clipped update must match too
     "ep1_zero0_clip": (1, "zero0.json", ["ds.gradient_clipping=0.05"]),
     "ep2_zero0_clip": (2, "zero0.json", ["ds.gradient_clipping=0.05"]),

@@ -87,6 +87,15 @@ def test_zero_stages_match_zero0(layouts):
             torch.testing.assert_close(final[p], final0[p], rtol=1e-5, atol=1e-6, msg=lambda m: f"{name} {p}: {m}")
 
 
+def test_batched_experts_at_ep2_match_the_loop_at_ep1(layouts):
+    """moe.batched_experts (one bmm per projection over the local experts) is the same math as DeepSpeed's loop."""
+    results, states = layouts
+    batched, loop = results["ep2_zero1_batched"], results["ep1_zero1"]
+    assert batched["loss"] == pytest.approx(loop["loss"], rel=1e-6)
+    assert batched["grad_norm"] == pytest.approx(loop["grad_norm"], rel=1e-5)
+    assert_final_params_match(states, "ep2_zero1_batched", "ep1_zero1")
+
+
 def test_dense_replicas_stay_identical_under_ep(layouts):
     _, states = layouts
     merged(states["ep2_zero0"], "params")  # raises if a replicated parameter drifted between ranks
