@@ -15,6 +15,7 @@ OFFLOAD_DEVICES = ("none", "cpu", "nvme")
 # Activation-checkpointing keys that shard or move saved activations across tensor-model-parallel ranks: these
 # recipes have no tensor parallelism (no mpu), so DeepSpeed would fail or silently do nothing with them.
 TENSOR_PARALLEL_ONLY = ("partition_activations", "contiguous_memory_optimization", "cpu_checkpointing")
+RECOMPUTE = ("blocks", "mlp")  # train.recompute: what the section recomputes (moe/train/activation_checkpointing.py)
 
 
 def check_memory_saving(ds: dict, impl: str, pipeline_stages: int, where: str) -> None:
@@ -42,6 +43,15 @@ def check_memory_saving(ds: dict, impl: str, pipeline_stages: int, where: str) -
         # AdamW, which resolve picks otherwise on CPU (moe/config/resolve.py) and DeepSpeed would use as told.
         ds["optimizer"]["params"]["torch_adam"] = False
     _check_activation_checkpointing(ds, impl, pipeline_stages, where)
+
+
+def check_recompute(recompute: str, ds: dict, where: str) -> None:
+    """train.recompute (selective activation checkpointing) names what the ds_config's section recomputes."""
+    if recompute not in RECOMPUTE:
+        raise ConfigError(f"train.recompute={recompute!r}: expected one of {', '.join(RECOMPUTE)}")
+    if recompute != "blocks" and ds.get("activation_checkpointing") is None:
+        raise ConfigError(f"train.recompute={recompute} selects what activation checkpointing recomputes, but {where} "
+                          f"has no activation_checkpointing section; use ds_configs/zero1_activation_ckpt.json")
 
 
 def _check_nvme(section: dict, where: str) -> None:

@@ -22,7 +22,7 @@ from moe.config.compile import check_compile
 from moe.config.compressed_comm import check_compressed_comm
 from moe.config.elastic import apply_elasticity
 from moe.config.loader import ConfigError, apply_override, to_dict
-from moe.config.memory_saving import check_memory_saving
+from moe.config.memory_saving import check_memory_saving, check_recompute
 from moe.config.pipeline import pipeline_stages, validate_pipeline
 from moe.config.schema import Recipe
 
@@ -109,6 +109,7 @@ def resolve(recipe: Recipe, ds_config: dict, world_size: int, ds_config_path: st
     dp_size = validate_pipeline(recipe, ds, world_size, where)  # world_size // pipeline.stages
     check_memory_saving(ds, recipe.moe.impl, world_size // dp_size, where)  # offload, activation checkpointing
     check_compile(ds, recipe.moe.impl, world_size // dp_size, where)  # torch.compile
+    check_recompute(recipe.train.recompute, ds, where)  # selective activation checkpointing
 
     t = recipe.train
     train_batch = t.micro_batch_size * t.grad_accum * dp_size

@@ -97,6 +97,7 @@ class TrainConfig:
     save_interval: int = 0  # steps between checkpoints (0 = only at the end)
     keep_checkpoints: int = 0  # complete checkpoints kept, newest first (0 = all)
     log_interval: int = 1
+    recompute: str = "blocks"  # with an activation_checkpointing section: blocks | mlp (moe/train/activation_checkpointing.py)
 
 
 @dataclass

@@ -13,7 +13,7 @@ rows are exactly k · tokens; DeepSeek-V3's latent attention is counted like sta
 widths. These are not checked tensor by tensor.
 
 Checkpointing (every block boundary): a block keeps its input only; one block's activations are rebuilt at a
-time during backward.
+time during backward. With train.recompute=mlp only the MLP interiors (4 x ff wide per row) are dropped and rebuilt.
 """
 from __future__ import annotations
 
@@ -30,6 +30,7 @@ class Activations:
     head: float  # embedding ids, final norm, LM-head input, loss log-softmax (kept for backward)
     logits_workspace: float  # logits (held by the output) + two fp32 (tokens, vocab) grads in the loss backward
     layer_input: float  # one block's input, what checkpointing keeps per layer
+    mlp_interior: tuple[float, ...] = ()  # per layer: the MLP's / experts' 4 x ff-wide tensors (train.recompute=mlp)
 
     @property
     def saved(self) -> float:
@@ -46,6 +47,12 @@ class Activations:
         """Peak with checkpointing at every block: block inputs, one block rebuilt, the head and loss backward."""
         return len(self.per_layer) * self.layer_input + max(self.per_layer, default=0.0) + self.full - sum(
             self.per_layer)
+
+
+    @property
+    def mlp_checkpointed(self) -> float:
+        """Peak with train.recompute=mlp: everything but the MLP interiors, plus one interior rebuilt at a time."""
+        return self.full - sum(self.mlp_interior) + max(self.mlp_interior, default=0.0)
 
 
 def capacity(tokens: int, num_experts: int, top_k: int, capacity_factor: float, min_capacity: int) -> int:
@@ -80,16 +87,22 @@ def gpt_activations(config, micro_batch: int, seq_len: int, dtype_bytes: int) ->
     N, T, d, a = micro_batch * seq_len, seq_len, config.d_model, dtype_bytes
     kv = config.n_kv_heads * (d // config.n_heads)
     attention = _attention(N, d, d, kv, d, config.n_heads, a)
-    per_layer, buffers = [], 0.0
+    per_layer, interiors, buffers = [], [], 0.0
     for layer in range(config.n_layers):
         if config.is_moe_layer(layer):
-            mlp, rows = _deepspeed_moe_mlp(config, config.experts_in_layer(layer), N, a)
+            num_experts = config.experts_in_layer(layer)
+            mlp, rows = _deepspeed_moe_mlp(config, num_experts, N, a)
             buffers += rows
+            expert_rows = num_experts * capacity(N, num_experts, config.num_experts_per_tok, config.capacity_factor,
+                                                 config.min_capacity)
+            interiors.append(expert_rows * 4 * config.expert_d_ff * a)
         else:
             mlp = _dense_mlp(N, d, config.d_ff, a)
+            interiors.append(N * 4 * config.d_ff * a)
         per_layer.append(attention + mlp)
     head, workspace = _head(N, T, d, config.vocab_size, a)
-    return Activations(tuple(per_layer), buffers, head, workspace, layer_input=N * d * a)
+    return Activations(tuple(per_layer), buffers, head, workspace, layer_input=N * d * a,
+                       mlp_interior=tuple(interiors))
 
 
 def _deepspeed_moe_mlp(config, num_experts: int, N: int, a: int) -> tuple[float, float]:

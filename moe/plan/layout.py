@@ -27,6 +27,7 @@ class Layout:
     micro_batch: int
     seq_len: int
     activation_checkpointing: bool = False  # the ds_config has an activation_checkpointing section
+    recompute: str = "blocks"  # train.recompute
 
     @property
     def expert_dp(self) -> int:
@@ -51,4 +52,5 @@ def layout_of(resolved) -> Layout:
                   prefetch_bucket=int(zero.get("stage3_prefetch_bucket_size", DEFAULT_PREFETCH_BUCKET)),
                   fused_adam=not ds["optimizer"]["params"].get("torch_adam", False),
                   micro_batch=recipe.train.micro_batch_size, seq_len=recipe.data.seq_len,
-                  activation_checkpointing=ds.get("activation_checkpointing") is not None)
+                  activation_checkpointing=ds.get("activation_checkpointing") is not None,
+                  recompute=recipe.train.recompute)

@@ -42,6 +42,7 @@ class Memory:
     activations: Activations
     host: float  # offloaded optimizer states (and params under ZeRO-3 offload_param)
     checkpointing: bool = False
+    recompute: str = "blocks"  # train.recompute: what checkpointing recomputes (blocks | mlp)
 
     @property
     def model_states(self) -> float:
@@ -49,7 +50,9 @@ class Memory:
 
     @property
     def activation_peak(self) -> float:
-        return self.activations.checkpointed if self.checkpointing else self.activations.full
+        if not self.checkpointing:
+            return self.activations.full
+        return self.activations.mlp_checkpointed if self.recompute == "mlp" else self.activations.checkpointed
 
     @property
     def peak(self) -> float:
@@ -96,4 +99,4 @@ def estimate(shape: ModelShape, layout: Layout, micro_batch: int | None = None) 
     # A pipeline's first stage keeps up to `stages` micro-batches of its 1/stages of the layers in flight (1F1B):
     # about one micro-batch of the whole model, which is what this counts.
     acts = shape.activations(micro_batch or L.micro_batch)
-    return Memory(params, grads, master, moments, workspace, acts, host, L.activation_checkpointing)
+    return Memory(params, grads, master, moments, workspace, acts, host, L.activation_checkpointing, L.recompute)

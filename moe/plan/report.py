@@ -27,8 +27,9 @@ def format_plan(plan: Plan, title: str) -> str:
         f"  fp32 master        {_gb(m.master_params)}",
         f"  optimizer states   {_gb(m.optimizer_states)}",
         f"  optimizer step tmp {_gb(m.step_workspace)}",
-        f"  activations        {_gb(acts.full)}   (with checkpointing {_gb(acts.checkpointed).strip()})"
-        + ("   <- ds_config activation_checkpointing" if m.checkpointing else ""),
+        f"  activations        {_gb(acts.full)}   (with checkpointing {_gb(acts.checkpointed).strip()}, "
+        f"train.recompute=mlp {_gb(acts.mlp_checkpointed).strip()})"
+        + (f"   <- ds_config activation_checkpointing, recompute={m.recompute}" if m.checkpointing else ""),
         f"    MoE capacity buffers {_gb(acts.moe_buffers)}",
         f"    logits + loss        {_gb(acts.head + acts.logits_workspace)}",
         f"  peak               {_gb(m.peak)}   (without checkpointing {_gb(m.with_checkpointing(False).peak).strip()}, "

@@ -71,7 +71,7 @@ class Trainer:
             model = build_pipeline_model(recipe, resolved.ds_config, vocab, rank, resolved.world_size, resume)
         else:
             model = self.build_model(vocab)
-            enable_activation_checkpointing(model, resolved.ds_config)  # the ds_config section, if any
+            enable_activation_checkpointing(model, resolved.ds_config, t.recompute)  # the ds_config section, if any
         self.model_config = model.config
         if rank == 0:  # what `moe.export` and generation need besides the weights; fixed for the whole run
             self.data.tokenizer.save_pretrained(self.run_dir / "tokenizer")

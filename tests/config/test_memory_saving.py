@@ -82,3 +82,12 @@ def test_accumulation_config_multiplies_into_the_global_batch():
     r = resolved("zero1_accum4.json")
     assert (r.recipe.train.micro_batch_size, r.recipe.train.grad_accum) == (2, 4)
     assert r.ds_config["train_batch_size"] == 2 * 4 * 2
+
+
+def test_selective_recompute_needs_the_section_and_a_known_mode():
+    assert resolved("zero1_activation_ckpt.json", "train.recompute=mlp").recipe.train.recompute == "mlp"
+    with pytest.raises(ConfigError, match="train.recompute=mlp selects what activation checkpointing recomputes.*"
+                                          "zero1_activation_ckpt.json"):
+        resolved("zero1.json", "train.recompute=mlp")
+    with pytest.raises(ConfigError, match="train.recompute='attention': expected one of blocks, mlp"):
+        resolved("zero1_activation_ckpt.json", "train.recompute=attention")

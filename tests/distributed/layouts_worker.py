@@ -35,6 +35,7 @@ LAYOUTS = {
     "ep2_zero2_offload": (2, "zero2_offload.json", []),
     "ep2_zero1_bf16": (2, "zero1_bf16.json", []),
     "ep2_zero1_actckpt": (2, "zero1_activation_ckpt.json", []),
+    "ep2_zero1_recompute_mlp": (2, "zero1_activation_ckpt.json", ["train.recompute=mlp"]),
     "ep2_micro4_accum1": (2, "zero1.json", ["ds.train_micro_batch_size_per_gpu=4", *ACCUM_EXACT_MOE]),
     "ep2_micro1_accum4": (2, "zero1_accum4.json", ["ds.train_micro_batch_size_per_gpu=1", *ACCUM_EXACT_MOE]),
     "dense_zero0": (1, "zero0.json", DENSE),

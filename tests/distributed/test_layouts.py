@@ -158,6 +158,17 @@ def test_activation_checkpointing_changes_nothing_but_memory(layouts):
     assert plain["router"] and ckpt["router"] == plain["router"]  # tokens per expert: the recompute is not counted
 
 
+@pytest.mark.parametrize("name", ["ep2_zero1_actckpt", "ep2_zero1_recompute_mlp"])
+def test_selective_recompute_changes_nothing_but_memory(layouts, name):
+    """train.recompute=mlp (experts and dense MLPs only) trains exactly as without checkpointing, as blocks does."""
+    results, states = layouts
+    ckpt, plain = results[name], results["ep2_zero1"]
+    assert ckpt["loss"] == pytest.approx(plain["loss"], rel=1e-6)
+    assert ckpt["grad_norm"] == pytest.approx(plain["grad_norm"], rel=1e-5)
+    assert_final_params_match(states, name, "ep2_zero1")
+    assert ckpt["router"] == plain["router"]
+
+
 @pytest.mark.parametrize("bf16_name, fp32_name", [("ep2_zero1_bf16", "ep2_zero1"), ("dense_zero3_bf16", "dense_zero0")])
 def test_bf16_tracks_fp32(layouts, bf16_name, fp32_name):
     results, _ = layouts

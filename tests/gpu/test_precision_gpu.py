@@ -22,6 +22,7 @@ def runs(tmp_path_factory):
                            NUM_GPUS="1", timeout=900)
         assert proc.returncode == 0, explain(proc)
         assert "nccl" in (proc.stdout + proc.stderr).lower()  # DeepSpeed's comm backend on CUDA
+        assert "DeepSpeed Basic Optimizer = FusedAdam" in proc.stdout + proc.stderr  # the fused multi-tensor AdamW
         out[name] = [m for m in read_metrics(folder / "tiny") if "loss" in m]
     return out
 

@@ -57,3 +57,20 @@ def test_checkpointing_keeps_less_and_capacity_buffers_grow_with_the_factor():
     assert acts.checkpointed < acts.full
     wider = gpt_activations(tiny_config(n_layers=4, capacity_factor=2.0), B, T, 4)
     assert wider.moe_buffers > acts.moe_buffers
+
+
+@pytest.mark.parametrize("kw", [{}, {"moe_interval": 1, "capacity_factor": 2.0}])
+def test_mlp_recompute_saves_what_the_plan_says(kw):
+    """train.recompute=mlp: autograd keeps everything but the MLP / expert interiors (checkpoint keeps their input)."""
+    from moe.train.activation_checkpointing import enable_activation_checkpointing
+    config = tiny_config(**{"min_capacity": 0, **kw})
+    model = build_model(config, seed=0).train()
+    ids = torch.randint(0, config.vocab_size, (B, T))
+    full = saved_activation_bytes(model, ids)
+    assert enable_activation_checkpointing(model, {"train_micro_batch_size_per_gpu": B, "activation_checkpointing": {}},
+                                           "mlp")
+    saved = saved_activation_bytes(model, ids)
+    acts = gpt_activations(config, B, T, 4)
+    assert saved == pytest.approx(acts.saved - sum(acts.mlp_interior), rel=0.01)
+    assert saved < 0.8 * full  # the interiors are the largest part of a block
+    assert acts.checkpointed < acts.mlp_checkpointed < acts.full
