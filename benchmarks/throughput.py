@@ -8,24 +8,146 @@ runs/<run>/metrics.jsonl (one median, so tokens/s and step time always agree). M
     tokens/s x train FLOPs per token (moe/cost.py) / (peak FLOP/s per rank x ranks).
 The peak is --peak-tflops (per rank: a GPU's dense bf16 peak, say) or, without it, a matmul measured here with
 the threads one rank gets. --json writes the numbers to a file.
+
+`train_run` (one launcher run, its metrics and resolved config) and `measure` (the numbers above) are also used by
+benchmarks/gpu_mfu.py.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
 import tempfile
+import time
+from dataclasses import dataclass
 from pathlib import Path
+
+import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from moe.cost import model_cost  # noqa: E402
+from moe.cost import ModelCost, hf_model_cost, model_cost  # noqa: E402
 from moe.model import MoEGPTConfig  # noqa: E402
 from moe.train.throughput import measure_peak_tflops  # noqa: E402
+
+
+@dataclass
+class Run:
+    """What one launcher run left in runs/<run>/: its metrics lines and the resolved configs."""
+    records: list[dict]  # metrics.jsonl, one dict per line (steps and validations)
+    model_config: object  # MoEGPTConfig (our GPT) or the HF family's config (AutoEP)
+    model_config_dict: dict  # model_config/config.json as written by the trainer
+    recipe: dict  # the resolved recipe.yaml
+    ds_config: dict  # the resolved ds_config.json
+    wall_s: float  # launcher start to the last step's metrics line (or to exit)
+    command: list[str]  # the launcher command line
+
+    @property
+    def seq_len(self) -> int:
+        return self.recipe["data"]["seq_len"]
+
+    @property
+    def cost(self) -> ModelCost:
+        return run_cost(self.model_config, self.seq_len)
+
+
+def run_cost(config, seq_len: int) -> ModelCost:
+    return model_cost(config, seq_len) if isinstance(config, MoEGPTConfig) else hf_model_cost(config, seq_len)
+
+
+def load_model_config(folder: Path):
+    """The trainer's model_config/: our MoEGPTConfig, or an HF family's config (moe.impl=autoep)."""
+    if json.loads((folder / "config.json").read_text())["model_type"] == MoEGPTConfig.model_type:
+        return MoEGPTConfig.from_pretrained(folder)
+    from transformers import AutoConfig
+    return AutoConfig.from_pretrained(folder)
+
+
+def _last_step_logged(metrics: Path, steps: int) -> bool:
+    """Whether metrics.jsonl holds step `steps`'s training line (each line is written whole, with its newline)."""
+    if not metrics.is_file():
+        return False
+    records = [json.loads(line) for line in metrics.read_text().splitlines()[-4:] if line.endswith("}")]
+    return any(r.get("step") == steps and "tokens_per_s" in r for r in records)
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """End the launcher and every rank it started: they share the process group started for it."""
+    for sig, wait_s in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=wait_s)
+            return
+        except subprocess.TimeoutExpired:
+            pass
+
+
+def train_run(recipe: str, ds_config: str, steps: int, ranks: int, overrides: list[str], runs_dir: Path,
+              run_name: str = "throughput", log_path: Path | None = None, stop_after_last_step: bool = False,
+              timeout_s: float | None = None, master_port: int | None = None) -> Run:
+    """Train `recipe` for `steps` steps through `bash launch/pretrain_moe.sh` and read back what it wrote.
+
+    stop_after_last_step: end the job once the last step's metrics line is written. The trainer always validates
+    and checkpoints at its last step; a benchmark needs neither (a 2.8B-parameter model's checkpoint with Adam
+    states is ~40 GB). log_path: the job's stdout and stderr go there instead of this process's.
+    Raises RuntimeError when the job fails, TimeoutError when it runs past timeout_s before its last step.
+    """
+    port = ["--master_port", str(master_port)] if master_port else []
+    cmd = ["bash", str(REPO / "launch/pretrain_moe.sh"), "--num_gpus", str(ranks), *port, "--recipe", recipe,
+           "--ds_config", ds_config, f"train.max_steps={steps}", "train.eval_interval=0",
+           "train.save_interval=0", f"logging.runs_dir={runs_dir}", f"logging.run_name={run_name}",
+           "logging.wandb=false", "logging.progress_bar=false", *overrides]
+    run_dir, start = Path(runs_dir) / run_name, time.perf_counter()
+    log = open(log_path, "w") if log_path else None
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT if log else None,
+                            start_new_session=True)
+    stopped = False
+    try:
+        while proc.poll() is None:
+            if stop_after_last_step and _last_step_logged(run_dir / "metrics.jsonl", steps):
+                stopped = True
+                break
+            if timeout_s and time.perf_counter() - start > timeout_s:
+                raise TimeoutError(f"{recipe}: no step {steps} after {timeout_s:.0f} s")
+            time.sleep(0.5)
+        wall_s = time.perf_counter() - start
+        if not stopped and proc.returncode != 0:
+            tail = Path(log_path).read_text()[-3000:] if log_path else ""
+            raise RuntimeError(f"{recipe}: the launcher exited with {proc.returncode}\n{tail}")
+    finally:
+        if proc.poll() is None:
+            _stop(proc)
+        if log:
+            log.close()
+    config_dir = run_dir / "model_config"
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return Run(records=[json.loads(line) for line in lines if line.endswith("}")],  # a stopped job's last may be cut
+               model_config=load_model_config(config_dir),
+               model_config_dict=json.loads((config_dir / "config.json").read_text()),
+               recipe=yaml.safe_load((run_dir / "recipe.yaml").read_text()),
+               ds_config=json.loads((run_dir / "ds_config.json").read_text()), wall_s=wall_s, command=cmd)
+
+
+def measure(run: Run, skip: int, ranks: int, peak_tflops: float) -> dict:
+    """tokens/s, step time, TFLOP/s and MFU of `run` from the median step time after `skip` warm-up steps."""
+    steps = [r for r in run.records if "tokens_per_s" in r][skip:]
+    step_time_s = statistics.median(r["step_time_s"] for r in steps)
+    cost = run.cost
+    tokens_per_s = run.ds_config["train_batch_size"] * run.seq_len / step_time_s
+    achieved_tflops = tokens_per_s * cost.train_flops_per_token() / 1e12
+    return {"steps_timed": len(steps), "global_batch": run.ds_config["train_batch_size"], "seq_len": run.seq_len,
+            "total_params": cost.total_params, "active_params": cost.active_params,
+            "train_flops_per_token": cost.train_flops_per_token(), "tokens_per_s": tokens_per_s,
+            "step_time_s": step_time_s, "achieved_tflops": achieved_tflops, "peak_tflops_per_rank": peak_tflops,
+            "mfu": achieved_tflops / (peak_tflops * ranks)}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -44,36 +166,16 @@ def main(argv: list[str] | None = None) -> dict:
     cuda = torch.cuda.is_available()
     ranks = args.num_gpus or (torch.cuda.device_count() if cuda else 2)
     with tempfile.TemporaryDirectory() as runs:
-        cmd = ["bash", str(REPO / "launch/pretrain_moe.sh"), "--num_gpus", str(ranks), "--recipe", args.recipe,
-               "--ds_config", args.ds_config, f"train.max_steps={args.steps}", "train.eval_interval=0",
-               "train.save_interval=0", f"logging.runs_dir={runs}", "logging.run_name=throughput",
-               "logging.wandb=false", "logging.progress_bar=false", *args.overrides]
-        subprocess.run(cmd, cwd=REPO, check=True)
-        run_dir = Path(runs) / "throughput"
-        records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-        config = MoEGPTConfig.from_pretrained(run_dir / "model_config")
-        resolved_ds = json.loads((run_dir / "ds_config.json").read_text())
-    steps = [r for r in records if "tokens_per_s" in r][args.skip:]
-    step_time_s = statistics.median(r["step_time_s"] for r in steps)
-    seq_len = config.max_seq_len
-    tokens_per_s = resolved_ds["train_batch_size"] * seq_len / step_time_s
-    cost = model_cost(config, seq_len)
+        run = train_run(args.recipe, args.ds_config, args.steps, ranks, args.overrides, Path(runs))
     threads = int(os.environ.get("OMP_NUM_THREADS", 0)) or max(1, (os.cpu_count() or 1) // ranks)
     peak = args.peak_tflops or measure_peak_tflops(threads, cuda)
-    achieved_tflops = tokens_per_s * cost.train_flops_per_token() / 1e12
-    result = {
-        "recipe": args.recipe, "ds_config": args.ds_config, "overrides": args.overrides, "ranks": ranks,
-        "device": torch.cuda.get_device_name() if cuda else f"cpu x{threads} threads/rank",
-        "steps_timed": len(steps), "global_batch": resolved_ds["train_batch_size"], "seq_len": seq_len,
-        "total_params": cost.total_params, "active_params": cost.active_params,
-        "train_flops_per_token": cost.train_flops_per_token(),
-        "tokens_per_s": tokens_per_s, "step_time_s": step_time_s,
-        "achieved_tflops": achieved_tflops, "peak_tflops_per_rank": peak,
-        "peak_source": "given" if args.peak_tflops else "measured matmul", "mfu": achieved_tflops / (peak * ranks),
-    }
-    print(f"{args.recipe} on {ranks} rank(s), {result['device']}: {tokens_per_s:,.0f} tokens/s, "
-          f"step {result['step_time_s'] * 1e3:.1f} ms, {cost.active_params / 1e6:.2f}M active / "
-          f"{cost.total_params / 1e6:.2f}M total params, {achieved_tflops * 1e3:.2f} GFLOP/s, "
+    numbers = measure(run, args.skip, ranks, peak)
+    result = {"recipe": args.recipe, "ds_config": args.ds_config, "overrides": args.overrides, "ranks": ranks,
+              "device": torch.cuda.get_device_name() if cuda else f"cpu x{threads} threads/rank", **numbers,
+              "peak_source": "given" if args.peak_tflops else "measured matmul"}
+    print(f"{args.recipe} on {ranks} rank(s), {result['device']}: {result['tokens_per_s']:,.0f} tokens/s, "
+          f"step {result['step_time_s'] * 1e3:.1f} ms, {result['active_params'] / 1e6:.2f}M active / "
+          f"{result['total_params'] / 1e6:.2f}M total params, {result['achieved_tflops'] * 1e3:.2f} GFLOP/s, "
           f"MFU {result['mfu']:.1%} of {peak:.3f} TFLOP/s/rank ({result['peak_source']})")
     if args.json:
         args.json.write_text(json.dumps(result, indent=1) + "\n")

@@ -23,7 +23,7 @@ class Layout:
     offload_params: bool  # ZeRO-3 offload_param
     reduce_bucket: int  # elements
     prefetch_bucket: int  # elements (ZeRO-3)
-    fused_adam: bool  # False = torch's AdamW (the CPU default), which allocates one temporary per param group
+    fused_adam: bool  # False = torch's AdamW (the CPU default; fused=True too, measured), one temporary per param group
     micro_batch: int
     seq_len: int
     activation_checkpointing: bool = False  # the ds_config has an activation_checkpointing section
