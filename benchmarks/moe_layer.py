@@ -147,9 +147,9 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"one MoE layer, fwd+bwd, {args.tokens} tokens, d_model={args.d_model} d_ff={args.d_ff} "
           f"experts={args.experts} top-{args.top_k}, {args.device} {result['dtype']} "
           f"({result['threads']} threads), AutoEP experts: {result['autoep_expert_path']}")
-    print(f"{'implementation':<18}{'tokens':>8}{'us/token':>10}{'vs native':>11}{'ms/iter':>10}{'best ms':>10}")
+    print(f"{'implementation':<26}{'tokens':>8}{'us/token':>10}{'vs native':>11}{'ms/iter':>10}{'best ms':>10}")
     for r in rows:
-        print(f"{r['implementation']:<18}{r['tokens']:>8}{r['us_per_token']:>10.2f}{r['ratio_to_native']:>10.2f}x"
+        print(f"{r['implementation']:<26}{r['tokens']:>8}{r['us_per_token']:>10.2f}{r['ratio_to_native']:>10.2f}x"
               f"{r['median_s'] * 1e3:>10.1f}{r['best_s'] * 1e3:>10.1f}")
     out = args.json or REPO / "benchmarks" / "results" / f"moe_layer_{args.device}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
