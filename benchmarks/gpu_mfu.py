@@ -40,7 +40,6 @@ import argparse  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
 import re  # noqa: E402
-import socket  # noqa: E402
 import statistics  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
@@ -52,7 +51,8 @@ sys.path.insert(0, str(REPO))
 import torch  # noqa: E402
 
 from benchmarks.throughput import measure, train_run  # noqa: E402
-from moe.train.throughput import PEAK_BF16_TFLOPS  # noqa: E402
+from moe.parallel import free_port  # noqa: E402
+from moe.train.throughput import PEAK_BF16_TFLOPS, measure_peak_tflops  # noqa: E402
 
 RECIPES = sorted((REPO / "recipes" / "gpu").glob("*.yaml"))
 SMOKE = ["model.d_model=64", "model.n_layers=2", "model.n_heads=4", "model.n_kv_heads=2", "model.d_ff=128",
@@ -67,28 +67,11 @@ DEFAULT_BUDGET_S = 480.0  # on a GPU: 8 minutes from the start of this process, 
 
 def matmul_peak(cuda: bool, threads: int, sizes: tuple[int, ...], trials: int) -> dict:
     """Best dense matmul TFLOP/s of one rank, per size and overall: bf16 on CUDA, fp32 on `threads` CPU threads."""
-    device, dtype = ("cuda", torch.bfloat16) if cuda else ("cpu", torch.float32)
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
+    dtype = torch.bfloat16 if cuda else torch.float32
     by_size = {}
-    for n in sizes:
-        a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))  # (n, n)
-        out = torch.empty(n, n, device=device, dtype=dtype)
-        reps = max(1, 8192**3 // n**3 * 4) if cuda else 1  # ~5 ms of work per timing on an H100
-        best = float("inf")
-        for i in range(trials + 2):  # the first two warm up (cuBLAS heuristics, clocks)
-            if cuda:
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-            for _ in range(reps):
-                torch.matmul(a, b, out=out)
-            if cuda:
-                torch.cuda.synchronize()
-            if i >= 2:
-                best = min(best, (time.perf_counter() - start) / reps)
-        by_size[str(n)] = 2 * n**3 / best / 1e12
-        del a, b, out
-    torch.set_num_threads(previous)
+    for n in sizes:  # on CUDA ~5 ms of back-to-back matmuls per timing on an H100
+        batch = max(1, 8192**3 // n**3 * 4) if cuda else 1
+        by_size[str(n)] = measure_peak_tflops(threads, cuda, size=n, repeats=trials, batch=batch)
     if cuda:
         torch.cuda.empty_cache()
     return {"measured_tflops": max(by_size.values()), "by_size": by_size, "dtype": str(dtype).removeprefix("torch."),
@@ -123,12 +106,6 @@ def path_label(recipe) -> str:
     if not recipe.moe.enabled:
         return "dense GPT"
     return "deepspeed.moe native" if recipe.moe.impl == "deepspeed" else f"AutoEP {recipe.model.family}"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def prepare(plans: list[dict], cuda: bool) -> dict:

@@ -98,13 +98,19 @@ def _hf_attention(config) -> tuple[int, int, int]:
     return weights, heads * head_dim, heads * head_dim
 
 
+def hf_experts(config) -> tuple[int, int]:
+    """(experts per MoE layer, each expert's SwiGLU width) of an HF Mixtral / Qwen3-MoE / DeepSeek-V3 config."""
+    from moe.model.hf_families import FAMILIES  # HF configs mean torch and transformers are loaded already
+    num_experts = getattr(config, FAMILIES[config.model_type].num_experts_key)
+    expert_ff = config.intermediate_size if config.model_type == "mixtral" else config.moe_intermediate_size
+    return num_experts, expert_ff
+
+
 def hf_model_cost(config, seq_len: int) -> ModelCost:
     """ModelCost of an HF Mixtral / Qwen3-MoE / DeepSeek-V3 config (moe.impl=autoep)."""
     d, layers, vocab = config.hidden_size, config.num_hidden_layers, config.vocab_size
     attention, qk_width, v_width = _hf_attention(config)
-    num_experts = {"mixtral": "num_local_experts", "qwen3_moe": "num_experts", "deepseek_v3": "n_routed_experts"}
-    num_experts = getattr(config, num_experts[config.model_type])
-    expert_ff = config.intermediate_size if config.model_type == "mixtral" else config.moe_intermediate_size
+    num_experts, expert_ff = hf_experts(config)
     expert = 3 * d * expert_ff
     shared = 3 * d * expert_ff * (getattr(config, "n_shared_experts", None) or 0)  # DeepSeek-V3: dense, every token
     dense_mlp = 3 * d * config.intermediate_size

@@ -8,6 +8,14 @@ from pathlib import Path
 import torch
 
 
+def free_port() -> int:
+    """A TCP port free on this host now, for a process group's rendezvous."""
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def init_distributed() -> tuple[int, int]:
     """Join the process group the DeepSpeed launcher set up (gloo on CPU, nccl on GPU); (rank, world_size)."""
     import deepspeed

@@ -27,7 +27,6 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from functools import partial
@@ -176,9 +175,8 @@ def convert(run_dir: Path, tag: str | None = None, timeout: float | None = None)
                           f"`python -m moe.export` reads it directly (fp32); there is nothing to convert")
     layout = saved_layout(tag_dir)
     from moe.cli import REPO
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    from moe.parallel import free_port
+    port = free_port()
     env = dict(os.environ, DS_ACCELERATOR="cpu", CUDA_VISIBLE_DEVICES="",
                PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
     env.setdefault("OMP_NUM_THREADS", "1")

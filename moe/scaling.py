@@ -57,8 +57,8 @@ def run_points(run_dir: Path, all_points: bool = False) -> list[Point]:
     batch = json.loads((run_dir / "ds_config.json").read_text())["train_batch_size"]
     seq_len = recipe["data"]["seq_len"]
     flops_per_token = model_cost(MoEGPTConfig.from_pretrained(run_dir / "model_config"), seq_len).train_flops_per_token()
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    val = [r for r in records if "val_loss" in r and r["step"] > 0]
+    from moe.plot import read_metrics
+    val = [r for r in read_metrics(run_dir)[1] if r["step"] > 0]
     points = [Point(run_dir.name, family(recipe), flops_per_token * r["step"] * batch * seq_len, r["val_loss"])
               for r in val]
     return points if all_points else points[-1:]

@@ -4,19 +4,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
+from moe.parallel import free_port
+
 REPO = Path(__file__).resolve().parent.parent
 LAUNCHER = REPO / "launch" / "pretrain_moe.sh"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def child_env(**extra: str) -> dict:

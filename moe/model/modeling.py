@@ -55,6 +55,23 @@ class Block(nn.Module):
         return outputs[0], RouterLosses(*outputs[1:])
 
 
+def next_token_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """logits: (B, T, V), labels: (B, T) -> mean cross-entropy of each position's next token (-100 ignored)."""
+    return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100)
+
+
+def training_loss(config: MoEGPTConfig, lm_loss: torch.Tensor, aux: torch.Tensor, z: torch.Tensor,
+                  seq_aux: torch.Tensor) -> torch.Tensor:
+    """LM loss + coefficient x each router loss (summed over MoE layers); the plain model and the pipeline's last
+    stage both use it."""
+    loss = lm_loss + config.aux_loss_coef * aux
+    if config.z_loss_coef:  # skipped at 0: the term then carries no gradient (moe/model/gate.py)
+        loss = loss + config.z_loss_coef * z
+    if config.seq_aux_loss_coef:
+        loss = loss + config.seq_aux_loss_coef * seq_aux
+    return loss
+
+
 @dataclass
 class MoECausalLMOutput(CausalLMOutput):
     lm_loss: torch.Tensor | None = None
@@ -113,13 +130,8 @@ class MoEGPTForCausalLM(PreTrainedModel, GenerationMixin):
         logits = self.lm_head(self.norm(x))  # (B, T, V)
         loss = lm_loss = None
         if labels is not None:
-            c = self.config
-            lm_loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100)
-            loss = lm_loss + c.aux_loss_coef * aux_loss
-            if c.z_loss_coef:  # skipped at 0: the term then carries no gradient (moe/model/gate.py)
-                loss = loss + c.z_loss_coef * z_loss
-            if c.seq_aux_loss_coef:
-                loss = loss + c.seq_aux_loss_coef * seq_aux_loss
+            lm_loss = next_token_loss(logits, labels)
+            loss = training_loss(self.config, lm_loss, aux_loss, z_loss, seq_aux_loss)
         return MoECausalLMOutput(loss=loss, logits=logits, lm_loss=lm_loss, aux_loss=aux_loss, z_loss=z_loss,
                                  seq_aux_loss=seq_aux_loss)
 

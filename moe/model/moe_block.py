@@ -32,7 +32,7 @@ class MoEMLP(nn.Module):
         self.moe.deepspeed_moe.gate = RouterGate(
             config.d_model, num_experts, **gate_args, z_loss_coef=config.z_loss_coef,
             seq_aux_loss_coef=config.seq_aux_loss_coef, bias_update_rate=config.bias_update_rate)
-        if getattr(config, "batched_experts", False):  # configs saved before the option lack it
+        if config.batched_experts:
             use_batched_experts(self.moe)
         self.num_experts = num_experts
         self.train_sampling = (config.top2_2nd_expert_sampling, config.use_rts)

@@ -22,11 +22,10 @@ from collections import OrderedDict
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from deepspeed.pipe import PipelineModule
 from torch import nn
 
-from moe.model.modeling import Block, MoEGPTForCausalLM
+from moe.model.modeling import Block, MoEGPTForCausalLM, next_token_loss, training_loss
 from moe.model.layers import RotaryEmbedding
 
 ROUTER_LOSSES = 3  # balance aux loss, z-loss, sequence-wise balance loss
@@ -91,19 +90,14 @@ class GPTPipe(PipelineModule):
         """On the last stage: LM loss + coefficient x router losses, as MoEGPTForCausalLM.forward computes it.
         outputs: logits (B, T, V) [, router losses (3,)]; labels: (B, T)."""
         logits, losses = outputs if isinstance(outputs, tuple) else (outputs, None)
-        lm_loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100)
+        lm_loss = next_token_loss(logits, labels)
         aux_loss = losses[0] if losses is not None else lm_loss.new_zeros(())
         self._last_losses = OrderedDict(lm_loss=lm_loss.detach(), aux_loss=aux_loss.detach())
         if not self.training:  # validation reports the LM loss alone, as Trainer.validate does
             return lm_loss
-        c, loss = self.config, lm_loss
-        if losses is not None:
-            loss = loss + c.aux_loss_coef * losses[0]
-            if c.z_loss_coef:
-                loss = loss + c.z_loss_coef * losses[1]
-            if c.seq_aux_loss_coef:
-                loss = loss + c.seq_aux_loss_coef * losses[2]
-        return loss
+        if losses is None:  # a dense model
+            return lm_loss
+        return training_loss(self.config, lm_loss, *losses)
 
     def get_additional_losses(self):
         """DeepSpeed's hook for reported losses: the engine averages these over micro-batches and data-parallel

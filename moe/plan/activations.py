@@ -48,7 +48,6 @@ class Activations:
         return len(self.per_layer) * self.layer_input + max(self.per_layer, default=0.0) + self.full - sum(
             self.per_layer)
 
-
     @property
     def mlp_checkpointed(self) -> float:
         """Peak with train.recompute=mlp: everything but the MLP interiors, plus one interior rebuilt at a time."""
@@ -90,12 +89,9 @@ def gpt_activations(config, micro_batch: int, seq_len: int, dtype_bytes: int) ->
     per_layer, interiors, buffers = [], [], 0.0
     for layer in range(config.n_layers):
         if config.is_moe_layer(layer):
-            num_experts = config.experts_in_layer(layer)
-            mlp, rows = _deepspeed_moe_mlp(config, num_experts, N, a)
-            buffers += rows
-            expert_rows = num_experts * capacity(N, num_experts, config.num_experts_per_tok, config.capacity_factor,
-                                                 config.min_capacity)
-            interiors.append(expert_rows * 4 * config.expert_d_ff * a)
+            mlp, expert_bytes, interior = _deepspeed_moe_mlp(config, config.experts_in_layer(layer), N, a)
+            buffers += expert_bytes
+            interiors.append(interior)
         else:
             mlp = _dense_mlp(N, d, config.d_ff, a)
             interiors.append(N * 4 * config.d_ff * a)
@@ -105,8 +101,9 @@ def gpt_activations(config, micro_batch: int, seq_len: int, dtype_bytes: int) ->
                        mlp_interior=tuple(interiors))
 
 
-def _deepspeed_moe_mlp(config, num_experts: int, N: int, a: int) -> tuple[float, float]:
-    """(bytes one deepspeed.moe MoE MLP keeps, of which expert rows at capacity) for N tokens on this rank."""
+def _deepspeed_moe_mlp(config, num_experts: int, N: int, a: int) -> tuple[float, float, float]:
+    """(bytes one deepspeed.moe MoE MLP keeps, of which expert rows at capacity, of which the experts' 4 x ff-wide
+    interiors) for N tokens on this rank."""
     d, k = config.d_model, config.num_experts_per_tok
     C = capacity(N, num_experts, k, config.capacity_factor, config.min_capacity)
     rows = num_experts * C  # all ranks' tokens for the E/ep local experts: ep · C rows each
@@ -114,12 +111,12 @@ def _deepspeed_moe_mlp(config, num_experts: int, N: int, a: int) -> tuple[float,
     router = N * (d * FP32 + num_experts * 13 + 16 + k * INT64)  # fp32 input, softmax, masks, gates, indices
     combine = N * k * (INT64 + FP32 + d * a)  # slots, gate values, routed expert outputs
     residual = _dense_mlp(N, d, config.d_ff, a) - _norm(N, d, a) if config.use_residual else 0.0
-    return _norm(N, d, a) + router + expert_rows + combine + residual, expert_rows
+    return _norm(N, d, a) + router + expert_rows + combine + residual, expert_rows, rows * 4 * config.expert_d_ff * a
 
 
 def hf_activations(config, micro_batch: int, seq_len: int, dtype_bytes: int) -> Activations:
     """An HF family under AutoEP (dropless: k · tokens expert rows per rank on average), approximate."""
-    from moe.cost import hf_moe_layer_ids
+    from moe.cost import hf_experts, hf_moe_layer_ids
     N, T, d, a = micro_batch * seq_len, seq_len, config.hidden_size, dtype_bytes
     heads = config.num_attention_heads
     if config.model_type == "deepseek_v3":  # latent attention: q and k of nope+rope width, v of v_head_dim
@@ -129,9 +126,7 @@ def hf_activations(config, micro_batch: int, seq_len: int, dtype_bytes: int) -> 
         head_dim = getattr(config, "head_dim", None) or d // heads
         attention = _attention(N, d, heads * head_dim, config.num_key_value_heads * head_dim, heads * head_dim,
                                heads, a)
-    num_experts = getattr(config, {"mixtral": "num_local_experts", "qwen3_moe": "num_experts",
-                                   "deepseek_v3": "n_routed_experts"}[config.model_type])
-    expert_ff = config.intermediate_size if config.model_type == "mixtral" else config.moe_intermediate_size
+    num_experts, expert_ff = hf_experts(config)
     shared_ff = expert_ff * (getattr(config, "n_shared_experts", None) or 0)
     rows = config.num_experts_per_tok * N  # dropless grouped GEMM: exactly the routes, gathered from all EP ranks
     moe_layers = set(hf_moe_layer_ids(config))

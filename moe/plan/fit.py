@@ -41,7 +41,6 @@ class Plan:
     layout: Layout
     memory: Memory
     budget: int  # bytes per device
-    host_budget: int | None  # bytes of host memory per rank (offload), None = not checked
     suggested_micro_batch: int | None  # largest micro-batch that fits (None: not even 1)
 
     @property
@@ -57,12 +56,12 @@ class Plan:
         return self.memory.with_checkpointing().peak <= self.usable
 
 
-def make_plan(resolved, budget: int, host_budget: int | None = None) -> Plan:
+def make_plan(resolved, budget: int) -> Plan:
     layout = layout_of(resolved)
     shape = model_shape(resolved.recipe, layout.param_bytes)
     memory = estimate(shape, layout)
     usable = budget * (1 - HEADROOM)
-    return Plan(shape, layout, memory, budget, host_budget, largest_micro_batch(shape, layout, usable))
+    return Plan(shape, layout, memory, budget, largest_micro_batch(shape, layout, usable))
 
 
 def largest_micro_batch(shape: ModelShape, layout: Layout, usable: float, limit: int = 4096) -> int | None:

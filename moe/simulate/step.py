@@ -21,10 +21,11 @@ from moe.config import Resolved
 from moe.config.pipeline import pipeline_stages
 from moe.cost import model_cost
 from moe.model.configuration import config_from_recipe
+from moe.plan.activations import capacity
+from moe.plan.layout import BYTES
 from moe.simulate.cluster import Cluster
 from moe.simulate.comm import Group, all_gather, all_reduce, all_to_all, reduce_scatter, send_recv
 
-BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
 
 
 @dataclass(frozen=True)
@@ -60,11 +61,6 @@ def vocab_size(resolved: Resolved) -> int:
     return resolved.recipe.model.vocab_size or resolved.recipe.data.vocab_size
 
 
-def expert_capacity(tokens: int, num_experts: int, top_k: int, capacity_factor: float, min_capacity: int) -> int:
-    """Slots per expert of one micro-batch on one rank, as deepspeed.moe.sharded_moe._capacity computes them."""
-    return max(math.ceil(tokens / num_experts * capacity_factor * top_k), min_capacity)
-
-
 def estimate_step(resolved: Resolved, cluster: Cluster, mfu: float | None = None) -> StepEstimate:
     recipe, ds = resolved.recipe, resolved.ds_config
     config = config_from_recipe(recipe, vocab_size(resolved))
@@ -82,16 +78,15 @@ def estimate_step(resolved: Resolved, cluster: Cluster, mfu: float | None = None
     cost = model_cost(config, seq)
     d = config.d_model
     expert_params = 3 * d * config.expert_d_ff
-    moe_layers = config.moe_layer_ids()
     padding_flops = 0.0  # per token: expert slots computed beyond the top_k a token uses (capacity padding)
     all_to_all_s = 0.0
-    for layer in moe_layers:
+    for layer in config.moe_layer_ids():
         experts = config.experts_in_layer(layer)
-        capacity = (expert_capacity(tokens, experts, moe.top_k, moe.capacity_factor, moe.min_capacity)
-                    if moe.drop_tokens else math.ceil(tokens * moe.top_k / experts))  # dropless: balanced load
-        slots_per_token = experts * capacity / tokens
+        slots = (capacity(tokens, experts, moe.top_k, moe.capacity_factor, moe.min_capacity)
+                 if moe.drop_tokens else math.ceil(tokens * moe.top_k / experts))  # dropless: balanced load
+        slots_per_token = experts * slots / tokens
         padding_flops += 6 * expert_params * (slots_per_token - moe.top_k)
-        dispatched = experts * capacity * d * act_bytes  # the (E, C, d) buffer each rank sends
+        dispatched = experts * slots * d * act_bytes  # the (E, C, d) buffer each rank sends
         all_to_all_s += 4 * accum * all_to_all(dispatched, Group(ep), cluster) / stages
     flops_per_gpu = accum * tokens * (cost.train_flops_per_token() + padding_flops) / stages
     compute_s = flops_per_gpu / (cluster.peak_flops(precision) * (mfu or cluster.mfu))
@@ -100,9 +95,8 @@ def estimate_step(resolved: Resolved, cluster: Cluster, mfu: float | None = None
     if stages > 1:  # neighbouring stages are dp ranks apart
         pipeline_p2p_s = 2 * accum * send_recv(tokens * d * act_bytes, dp >= gpn, cluster)
 
-    total_expert_params = sum(config.experts_in_layer(layer) for layer in moe_layers) * expert_params
-    dense_bytes = (cost.total_params - total_expert_params) / stages * grad_bytes
-    expert_bytes = total_expert_params / (ep * stages) * grad_bytes
+    dense_bytes = (cost.total_params - cost.expert_params) / stages * grad_bytes
+    expert_bytes = cost.expert_params / (ep * stages) * grad_bytes
     groups = [(dense_bytes, Group(dp)), (expert_bytes, Group(dp // ep, ep))]
     zero = ds.get("zero_optimization") or {}
     grad_sync_s = sum(_grad_sync(nbytes, group, cluster, zero.get("stage", 0), accum, compute_s,

@@ -20,12 +20,10 @@ from functools import partial
 import deepspeed
 import torch.utils.checkpoint
 
-from moe.config.memory_saving import RECOMPUTE  # noqa: F401  (the choices, checked by resolve)
-
 
 def enable_activation_checkpointing(model, ds_config: dict, recompute: str = "blocks") -> bool:
-    """Turn it on for `model` when the ds_config asks for it, recomputing `recompute` (RECOMPUTE); returns whether
-    it did."""
+    """Turn it on for `model` when the ds_config asks for it, recomputing `recompute` (blocks | mlp, checked by
+    resolve); returns whether it did."""
     if ds_config.get("activation_checkpointing") is None:
         return False
     if recompute == "blocks":

@@ -81,10 +81,9 @@ class Trainer:
                                                     lr_scheduler=partial(build_scheduler, train_cfg=t),
                                                     config=resolved.ds_config)
         (pipeline_step.install_pipeline_clipping if self.pipeline else install_expert_aware_clipping)(self.engine)
-        if not self.pipeline:
-            compiled = compile_model(self.engine, recipe.moe.impl, resolved.ds_config)  # the ds_config section, if any
-            if compiled and rank == 0:
-                print(f"torch.compile: {len(compiled)} regions ({compiled[0]}, ...)", flush=True)
+        compiled = compile_model(self.engine, recipe.moe.impl, resolved.ds_config)  # the section; never with PP
+        if compiled and rank == 0:
+            print(f"torch.compile: {len(compiled)} regions ({compiled[0]}, ...)", flush=True)
         # TFLOP/s, MFU, memory: rank 0 writes the metrics, so only it measures the peak and reads the timers
         self.throughput = ThroughputMeter(self.model_config, recipe.data.seq_len, resolved.global_batch_tokens,
                                           resolved.world_size, recipe.logging.peak_tflops) if rank == 0 else None

@@ -95,9 +95,9 @@ def _bridge_zero_stage_formats(out_dir: Path) -> None:
     states = torch.load(next(out_dir.glob("*mp_rank_00_model_states.pt")), map_location="cpu", weights_only=False)
     shapes = {name: tuple(shape) for group in states["param_shapes"] for name, shape in group.items()}
     optim = torch.load(zero / "optimizer_state.pt", map_location="cpu", weights_only=False)
-    steps = [torch.load(f, weights_only=False) for f in zero.glob("*/step.pt")]
-    if steps:
-        step = steps[0]
+    first_step = next(zero.glob("*/step.pt"), None)  # every parameter's step.pt holds the same step
+    if first_step is not None:
+        step = torch.load(first_step, weights_only=False)
     else:
         step = next(iter(optim["optimizer_state_dict"]["state"].values()))["step"]
     optim.setdefault("ds_version", states["ds_version"])
