@@ -15,6 +15,7 @@ Time per token is the median over --iters timed iterations of (forward, backward
 implementations take turns every iteration, so that a change in machine load hits all of them alike. The table goes
 to stdout and the JSON to benchmarks/results/moe_layer_<device>.json (or --json).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,12 +26,11 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+
+from benchmarks.moe_layer_impls import autoep_expert_path, build_all, random_weights
+
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-import torch  # noqa: E402
-
-from benchmarks.moe_layer_impls import autoep_expert_path, build_all, random_weights  # noqa: E402
 
 BASELINE = "deepspeed_native"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -59,8 +59,10 @@ def agreement(outputs: dict[str, torch.Tensor], dtype: torch.dtype) -> dict:
     for name, t in outputs.items():
         t = t.float().flatten(0, -2)  # (S, d)
         close_rows = torch.isclose(t, base, rtol=rtol, atol=atol).all(dim=-1)  # (S,)
-        result[name] = {"max_abs_diff": (t - base).abs().max().item(),
-                        "tokens_agreeing": close_rows.float().mean().item()}
+        result[name] = {
+            "max_abs_diff": (t - base).abs().max().item(),
+            "tokens_agreeing": close_rows.float().mean().item(),
+        }
     return result
 
 
@@ -71,13 +73,15 @@ def check_agreement(layers: dict, x: torch.Tensor, grad_out: torch.Tensor, dtype
         grads[name] = x.grad.detach().clone()
     check = {"output": agreement(outs, dtype), "input_grad": agreement(grads, dtype)}
     need = 1.0 if dtype == torch.float32 else 0.99
-    check["matched"] = all(v["tokens_agreeing"] >= need for part in ("output", "input_grad")
-                           for v in check[part].values())
+    check["matched"] = all(
+        v["tokens_agreeing"] >= need for part in ("output", "input_grad") for v in check[part].values()
+    )
     return check
 
 
-def time_layers(layers: dict, x: torch.Tensor, grad_out: torch.Tensor, iters: int, warmup: int,
-                device: str) -> dict[str, list[float]]:
+def time_layers(
+    layers: dict, x: torch.Tensor, grad_out: torch.Tensor, iters: int, warmup: int, device: str
+) -> dict[str, list[float]]:
     seconds = {name: [] for name in layers}
     for i in range(warmup + iters):
         for name, layer in layers.items():  # take turns: load changes hit every implementation alike
@@ -128,29 +132,55 @@ def main(argv: list[str] | None = None) -> dict:
 
     seconds = time_layers(layers, x, grad_out, args.iters, args.warmup, args.device)
     median = {name: statistics.median(s) for name, s in seconds.items()}
-    rows = [{"implementation": name, "tokens": args.tokens, "median_s": median[name], "best_s": min(seconds[name]),
-             "us_per_token": median[name] / args.tokens * 1e6, "ratio_to_native": median[name] / median[BASELINE],
-             "iter_s": seconds[name]} for name in layers]
+    rows = [
+        {
+            "implementation": name,
+            "tokens": args.tokens,
+            "median_s": median[name],
+            "best_s": min(seconds[name]),
+            "us_per_token": median[name] / args.tokens * 1e6,
+            "ratio_to_native": median[name] / median[BASELINE],
+            "iter_s": seconds[name],
+        }
+        for name in layers
+    ]
     import deepspeed
     import transformers
+
     result = {
-        "device": args.device, "device_name": device_name(args.device), "dtype": str(dtype).removeprefix("torch."),
-        "threads": torch.get_num_threads(), "tokens": args.tokens, "d_model": args.d_model, "d_ff": args.d_ff,
-        "experts": args.experts, "top_k": args.top_k, "iters": args.iters, "warmup": args.warmup,
+        "device": args.device,
+        "device_name": device_name(args.device),
+        "dtype": str(dtype).removeprefix("torch."),
+        "threads": torch.get_num_threads(),
+        "tokens": args.tokens,
+        "d_model": args.d_model,
+        "d_ff": args.d_ff,
+        "experts": args.experts,
+        "top_k": args.top_k,
+        "iters": args.iters,
+        "warmup": args.warmup,
         "autoep_expert_path": autoep_expert_path(layers["autoep_grouped"]),
-        "versions": {"torch": torch.__version__, "deepspeed": deepspeed.__version__,
-                     "transformers": transformers.__version__},
+        "versions": {
+            "torch": torch.__version__,
+            "deepspeed": deepspeed.__version__,
+            "transformers": transformers.__version__,
+        },
         "command": " ".join(["python benchmarks/moe_layer.py", *(argv if argv is not None else sys.argv[1:])]),
-        "check": check, "rows": rows,
+        "check": check,
+        "rows": rows,
     }
 
-    print(f"one MoE layer, fwd+bwd, {args.tokens} tokens, d_model={args.d_model} d_ff={args.d_ff} "
-          f"experts={args.experts} top-{args.top_k}, {args.device} {result['dtype']} "
-          f"({result['threads']} threads), AutoEP experts: {result['autoep_expert_path']}")
+    print(
+        f"one MoE layer, fwd+bwd, {args.tokens} tokens, d_model={args.d_model} d_ff={args.d_ff} "
+        f"experts={args.experts} top-{args.top_k}, {args.device} {result['dtype']} "
+        f"({result['threads']} threads), AutoEP experts: {result['autoep_expert_path']}"
+    )
     print(f"{'implementation':<26}{'tokens':>8}{'us/token':>10}{'vs native':>11}{'ms/iter':>10}{'best ms':>10}")
     for r in rows:
-        print(f"{r['implementation']:<26}{r['tokens']:>8}{r['us_per_token']:>10.2f}{r['ratio_to_native']:>10.2f}x"
-              f"{r['median_s'] * 1e3:>10.1f}{r['best_s'] * 1e3:>10.1f}")
+        print(
+            f"{r['implementation']:<26}{r['tokens']:>8}{r['us_per_token']:>10.2f}{r['ratio_to_native']:>10.2f}x"
+            f"{r['median_s'] * 1e3:>10.1f}{r['best_s'] * 1e3:>10.1f}"
+        )
     out = args.json or REPO / "benchmarks" / "results" / f"moe_layer_{args.device}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1))

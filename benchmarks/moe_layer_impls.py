@@ -16,10 +16,11 @@ raw probability at k=1; Mixtral's router renormalizes at every k (a top-1 weight
 DeepSpeed at k=1. Qwen3-MoE's router has the switch (`norm_topk_prob`), and AutoEP reads it from the HF config,
 so the HF blocks here are Qwen3-MoE with norm_topk_prob = (k >= 2) and `normalize` overrides it.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, fields
-from typing import Callable
 
 import torch
 from torch import nn
@@ -48,10 +49,12 @@ def random_weights(d_model: int, d_ff: int, num_experts: int, seed: int = 0) -> 
     def randn(*shape: int, fan_in: int) -> torch.Tensor:
         return torch.randn(*shape, generator=g) / fan_in**0.5
 
-    return MoEWeights(router=randn(num_experts, d_model, fan_in=d_model),
-                      gate=randn(num_experts, d_ff, d_model, fan_in=d_model),
-                      up=randn(num_experts, d_ff, d_model, fan_in=d_model),
-                      down=randn(num_experts, d_model, d_ff, fan_in=d_ff))
+    return MoEWeights(
+        router=randn(num_experts, d_model, fan_in=d_model),
+        gate=randn(num_experts, d_ff, d_model, fan_in=d_model),
+        up=randn(num_experts, d_ff, d_model, fan_in=d_model),
+        down=randn(num_experts, d_model, d_ff, fan_in=d_ff),
+    )
 
 
 def deepspeed_normalizes(k: int) -> bool:
@@ -76,6 +79,7 @@ class NativeMoE(nn.Module):
 def deepspeed_native_batched(w: MoEWeights, k: int) -> NativeMoE:
     """deepspeed_native with its local experts run as batched matmuls (moe.batched_experts)."""
     from moe.model.batched_experts import use_batched_experts
+
     layer = deepspeed_native(w, k)
     use_batched_experts(layer.moe)
     return layer
@@ -88,8 +92,17 @@ def deepspeed_native(w: MoEWeights, k: int) -> NativeMoE:
 
     num_experts, d_ff, d_model = w.gate.shape
     # Dropless and deterministic: no token dropping, no random token selection, no sampled 2nd expert.
-    moe = MoE(hidden_size=d_model, expert=SwiGLU(d_model, d_ff), num_experts=num_experts, ep_size=1, k=k,
-              min_capacity=0, drop_tokens=False, use_rts=False, top2_2nd_expert_sampling=False)
+    moe = MoE(
+        hidden_size=d_model,
+        expert=SwiGLU(d_model, d_ff),
+        num_experts=num_experts,
+        ep_size=1,
+        k=k,
+        min_capacity=0,
+        drop_tokens=False,
+        use_rts=False,
+        top2_2nd_expert_sampling=False,
+    )
     inner = moe.deepspeed_moe
     with torch.no_grad():
         inner.gate.wg.weight.copy_(w.router)
@@ -118,10 +131,22 @@ def qwen3_moe_config(w: MoEWeights, k: int, normalize: bool, experts_implementat
 
     num_experts, d_ff, d_model = w.gate.shape
     # Only the MoE block is used; attention and vocabulary are the smallest the config accepts.
-    return Qwen3MoeConfig(vocab_size=2, hidden_size=d_model, intermediate_size=d_ff, moe_intermediate_size=d_ff,
-                          num_hidden_layers=1, num_attention_heads=1, num_key_value_heads=1, head_dim=8,
-                          num_experts=num_experts, num_experts_per_tok=k, norm_topk_prob=normalize,
-                          decoder_sparse_step=1, mlp_only_layers=[], experts_implementation=experts_implementation)
+    return Qwen3MoeConfig(
+        vocab_size=2,
+        hidden_size=d_model,
+        intermediate_size=d_ff,
+        moe_intermediate_size=d_ff,
+        num_hidden_layers=1,
+        num_attention_heads=1,
+        num_key_value_heads=1,
+        head_dim=8,
+        num_experts=num_experts,
+        num_experts_per_tok=k,
+        norm_topk_prob=normalize,
+        decoder_sparse_step=1,
+        mlp_only_layers=[],
+        experts_implementation=experts_implementation,
+    )
 
 
 def load_hf_block(block: nn.Module, w: MoEWeights) -> None:
@@ -149,8 +174,15 @@ def read_hf(block: nn.Module, attr: str = DATA) -> MoEWeights:
 # --- DeepSpeed AutoEP grouped experts --------------------------------------------------------------------------------
 
 
-def autoep_grouped(w: MoEWeights, k: int, normalize: bool | None = None, *, family: str = "qwen3_moe",
-                   use_grouped_mm: bool = True, disable_triton_grouped_mm: bool = False) -> nn.Module:
+def autoep_grouped(
+    w: MoEWeights,
+    k: int,
+    normalize: bool | None = None,
+    *,
+    family: str = "qwen3_moe",
+    use_grouped_mm: bool = True,
+    disable_triton_grouped_mm: bool = False,
+) -> nn.Module:
     """The layer DeepSpeed AutoEP puts in place of an HF sparse-MoE block, with autoep_size=1.
 
     The calls are DeepSpeedEngine's own (engine.py, AutoEP setup): AutoEP(model, parse_autoep_config(section)),
@@ -168,9 +200,18 @@ def autoep_grouped(w: MoEWeights, k: int, normalize: bool | None = None, *, fami
         normalize = True if family == "mixtral" else deepspeed_normalizes(k)
     model = _one_layer_hf_model(w, k, normalize, family)
     load_hf_block(model.model.layers[0].mlp, w)
-    autoep = AutoEP(model, parse_autoep_config({"enabled": True, "autoep_size": 1, "preset_model": family,
-                                                "use_grouped_mm": use_grouped_mm,
-                                                "disable_triton_grouped_mm": disable_triton_grouped_mm}))
+    autoep = AutoEP(
+        model,
+        parse_autoep_config(
+            {
+                "enabled": True,
+                "autoep_size": 1,
+                "preset_model": family,
+                "use_grouped_mm": use_grouped_mm,
+                "disable_triton_grouped_mm": disable_triton_grouped_mm,
+            }
+        ),
+    )
     specs = autoep.ep_parser()
     autoep.replace_moe_layers(specs, ep_size=1, ep_rank=0)
     layer = model.model.layers[0].mlp
@@ -181,23 +222,36 @@ def autoep_grouped(w: MoEWeights, k: int, normalize: bool | None = None, *, fami
 def _one_layer_hf_model(w: MoEWeights, k: int, normalize: bool, family: str) -> nn.Module:
     if family == "qwen3_moe":
         from transformers import Qwen3MoeForCausalLM
+
         return Qwen3MoeForCausalLM(qwen3_moe_config(w, k, normalize))
     if family == "mixtral":
         from transformers import MixtralConfig, MixtralForCausalLM
+
         if not normalize:
             raise ValueError("Mixtral's router always renormalizes the top-k weights; use family='qwen3_moe'")
         num_experts, d_ff, d_model = w.gate.shape
-        return MixtralForCausalLM(MixtralConfig(vocab_size=2, hidden_size=d_model, intermediate_size=d_ff,
-                                                num_hidden_layers=1, num_attention_heads=1, num_key_value_heads=1,
-                                                head_dim=8, num_local_experts=num_experts, num_experts_per_tok=k))
+        return MixtralForCausalLM(
+            MixtralConfig(
+                vocab_size=2,
+                hidden_size=d_model,
+                intermediate_size=d_ff,
+                num_hidden_layers=1,
+                num_attention_heads=1,
+                num_key_value_heads=1,
+                head_dim=8,
+                num_local_experts=num_experts,
+                num_experts_per_tok=k,
+            )
+        )
     raise ValueError(f"unknown family {family!r}; expected qwen3_moe or mixtral")
 
 
 def read_autoep(layer: nn.Module, attr: str = DATA) -> MoEWeights:
     """AutoEP's GroupedExperts keep w1 = gate (E, f, d), w3 = up (E, f, d), w2 = down (E, d, f)."""
     ex = layer.experts
-    return MoEWeights(getattr(layer.router.gate.weight, attr), getattr(ex.w1, attr), getattr(ex.w3, attr),
-                      getattr(ex.w2, attr))
+    return MoEWeights(
+        getattr(layer.router.gate.weight, attr), getattr(ex.w1, attr), getattr(ex.w3, attr), getattr(ex.w2, attr)
+    )
 
 
 def autoep_expert_path(layer: nn.Module) -> str:

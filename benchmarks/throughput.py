@@ -5,13 +5,14 @@
 
 tokens/s is the global batch's tokens over the median step time after --skip warm-up steps, from
 runs/<run>/metrics.jsonl (one median, so tokens/s and step time always agree). MFU is
-    tokens/s x train FLOPs per token (moe/cost.py) / (peak FLOP/s per rank x ranks).
+    tokens/s x train FLOPs per token (moe/model/cost.py) / (peak FLOP/s per rank x ranks).
 The peak is --peak-tflops (per rank: a GPU's dense bf16 peak, say) or, without it, a matmul measured here with
 the threads one rank gets. --json writes the numbers to a file.
 
 `train_run` (one launcher run, its metrics and resolved config) and `measure` (the numbers above) are also used by
 benchmarks/gpu_mfu.py.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,7 +21,6 @@ import os
 import signal
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -28,17 +28,17 @@ from pathlib import Path
 
 import yaml
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from moe.model import MoEGPTConfig
+from moe.model.cost import ModelCost, hf_model_cost, model_cost
+from moe.train.throughput import measure_peak_tflops
 
-from moe.cost import ModelCost, hf_model_cost, model_cost  # noqa: E402
-from moe.model import MoEGPTConfig  # noqa: E402
-from moe.train.throughput import measure_peak_tflops  # noqa: E402
+REPO = Path(__file__).resolve().parent.parent
 
 
 @dataclass
 class Run:
     """What one launcher run left in runs/<run>/: its metrics lines and the resolved configs."""
+
     records: list[dict]  # metrics.jsonl, one dict per line (steps and validations)
     model_config: object  # MoEGPTConfig (our GPT) or the HF family's config (AutoEP)
     model_config_dict: dict  # model_config/config.json as written by the trainer
@@ -65,6 +65,7 @@ def load_model_config(folder: Path):
     if json.loads((folder / "config.json").read_text())["model_type"] == MoEGPTConfig.model_type:
         return MoEGPTConfig.from_pretrained(folder)
     from transformers import AutoConfig
+
     return AutoConfig.from_pretrained(folder)
 
 
@@ -90,9 +91,19 @@ def _stop(proc: subprocess.Popen) -> None:
             pass
 
 
-def train_run(recipe: str, ds_config: str, steps: int, ranks: int, overrides: list[str], runs_dir: Path,
-              run_name: str = "throughput", log_path: Path | None = None, stop_after_last_step: bool = False,
-              timeout_s: float | None = None, master_port: int | None = None) -> Run:
+def train_run(
+    recipe: str,
+    ds_config: str,
+    steps: int,
+    ranks: int,
+    overrides: list[str],
+    runs_dir: Path,
+    run_name: str = "throughput",
+    log_path: Path | None = None,
+    stop_after_last_step: bool = False,
+    timeout_s: float | None = None,
+    master_port: int | None = None,
+) -> Run:
     """Train `recipe` for `steps` steps through `bash launch/pretrain_moe.sh` and read back what it wrote.
 
     stop_after_last_step: end the job once the last step's metrics line is written. The trainer always validates
@@ -101,14 +112,30 @@ def train_run(recipe: str, ds_config: str, steps: int, ranks: int, overrides: li
     Raises RuntimeError when the job fails, TimeoutError when it runs past timeout_s before its last step.
     """
     port = ["--master_port", str(master_port)] if master_port else []
-    cmd = ["bash", str(REPO / "launch/pretrain_moe.sh"), "--num_gpus", str(ranks), *port, "--recipe", recipe,
-           "--ds_config", ds_config, f"train.max_steps={steps}", "train.eval_interval=0",
-           "train.save_interval=0", f"logging.runs_dir={runs_dir}", f"logging.run_name={run_name}",
-           "logging.wandb=false", "logging.progress_bar=false", *overrides]
+    cmd = [
+        "bash",
+        str(REPO / "launch/pretrain_moe.sh"),
+        "--num_gpus",
+        str(ranks),
+        *port,
+        "--recipe",
+        recipe,
+        "--ds_config",
+        ds_config,
+        f"train.max_steps={steps}",
+        "train.eval_interval=0",
+        "train.save_interval=0",
+        f"logging.runs_dir={runs_dir}",
+        f"logging.run_name={run_name}",
+        "logging.wandb=false",
+        "logging.progress_bar=false",
+        *overrides,
+    ]
     run_dir, start = Path(runs_dir) / run_name, time.perf_counter()
-    log = open(log_path, "w") if log_path else None
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT if log else None,
-                            start_new_session=True)
+    log = open(log_path, "w") if log_path else None  # noqa: SIM115 (closed after the job, below)
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT if log else None, start_new_session=True
+    )
     stopped = False
     try:
         while proc.poll() is None:
@@ -129,11 +156,15 @@ def train_run(recipe: str, ds_config: str, steps: int, ranks: int, overrides: li
             log.close()
     config_dir = run_dir / "model_config"
     lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-    return Run(records=[json.loads(line) for line in lines if line.endswith("}")],  # a stopped job's last may be cut
-               model_config=load_model_config(config_dir),
-               model_config_dict=json.loads((config_dir / "config.json").read_text()),
-               recipe=yaml.safe_load((run_dir / "recipe.yaml").read_text()),
-               ds_config=json.loads((run_dir / "ds_config.json").read_text()), wall_s=wall_s, command=cmd)
+    return Run(
+        records=[json.loads(line) for line in lines if line.endswith("}")],  # a stopped job's last may be cut
+        model_config=load_model_config(config_dir),
+        model_config_dict=json.loads((config_dir / "config.json").read_text()),
+        recipe=yaml.safe_load((run_dir / "recipe.yaml").read_text()),
+        ds_config=json.loads((run_dir / "ds_config.json").read_text()),
+        wall_s=wall_s,
+        command=cmd,
+    )
 
 
 def measure(run: Run, skip: int, ranks: int, peak_tflops: float) -> dict:
@@ -143,11 +174,19 @@ def measure(run: Run, skip: int, ranks: int, peak_tflops: float) -> dict:
     cost = run.cost
     tokens_per_s = run.ds_config["train_batch_size"] * run.seq_len / step_time_s
     achieved_tflops = tokens_per_s * cost.train_flops_per_token() / 1e12
-    return {"steps_timed": len(steps), "global_batch": run.ds_config["train_batch_size"], "seq_len": run.seq_len,
-            "total_params": cost.total_params, "active_params": cost.active_params,
-            "train_flops_per_token": cost.train_flops_per_token(), "tokens_per_s": tokens_per_s,
-            "step_time_s": step_time_s, "achieved_tflops": achieved_tflops, "peak_tflops_per_rank": peak_tflops,
-            "mfu": achieved_tflops / (peak_tflops * ranks)}
+    return {
+        "steps_timed": len(steps),
+        "global_batch": run.ds_config["train_batch_size"],
+        "seq_len": run.seq_len,
+        "total_params": cost.total_params,
+        "active_params": cost.active_params,
+        "train_flops_per_token": cost.train_flops_per_token(),
+        "tokens_per_s": tokens_per_s,
+        "step_time_s": step_time_s,
+        "achieved_tflops": achieved_tflops,
+        "peak_tflops_per_rank": peak_tflops,
+        "mfu": achieved_tflops / (peak_tflops * ranks),
+    }
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -163,6 +202,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = p.parse_args(argv)
 
     import torch
+
     cuda = torch.cuda.is_available()
     ranks = args.num_gpus or (torch.cuda.device_count() if cuda else 2)
     with tempfile.TemporaryDirectory() as runs:
@@ -170,13 +210,21 @@ def main(argv: list[str] | None = None) -> dict:
     threads = int(os.environ.get("OMP_NUM_THREADS", 0)) or max(1, (os.cpu_count() or 1) // ranks)
     peak = args.peak_tflops or measure_peak_tflops(threads, cuda)
     numbers = measure(run, args.skip, ranks, peak)
-    result = {"recipe": args.recipe, "ds_config": args.ds_config, "overrides": args.overrides, "ranks": ranks,
-              "device": torch.cuda.get_device_name() if cuda else f"cpu x{threads} threads/rank", **numbers,
-              "peak_source": "given" if args.peak_tflops else "measured matmul"}
-    print(f"{args.recipe} on {ranks} rank(s), {result['device']}: {result['tokens_per_s']:,.0f} tokens/s, "
-          f"step {result['step_time_s'] * 1e3:.1f} ms, {result['active_params'] / 1e6:.2f}M active / "
-          f"{result['total_params'] / 1e6:.2f}M total params, {result['achieved_tflops'] * 1e3:.2f} GFLOP/s, "
-          f"MFU {result['mfu']:.1%} of {peak:.3f} TFLOP/s/rank ({result['peak_source']})")
+    result = {
+        "recipe": args.recipe,
+        "ds_config": args.ds_config,
+        "overrides": args.overrides,
+        "ranks": ranks,
+        "device": torch.cuda.get_device_name() if cuda else f"cpu x{threads} threads/rank",
+        **numbers,
+        "peak_source": "given" if args.peak_tflops else "measured matmul",
+    }
+    print(
+        f"{args.recipe} on {ranks} rank(s), {result['device']}: {result['tokens_per_s']:,.0f} tokens/s, "
+        f"step {result['step_time_s'] * 1e3:.1f} ms, {result['active_params'] / 1e6:.2f}M active / "
+        f"{result['total_params'] / 1e6:.2f}M total params, {result['achieved_tflops'] * 1e3:.2f} GFLOP/s, "
+        f"MFU {result['mfu']:.1%} of {peak:.3f} TFLOP/s/rank ({result['peak_source']})"
+    )
     if args.json:
         args.json.write_text(json.dumps(result, indent=1) + "\n")
     return result

@@ -5,15 +5,13 @@
 #   bash      launch/pretrain_moe.sh [--num_gpus N] [--num_nodes N] [--hostfile H] [--master_port P] [same args]
 # NUM_GPUS, NUM_NODES, HOSTFILE, MASTER_PORT, MASTER_ADDR may also come from the environment.
 # This file is bash and Python at once: DeepSpeed's runner runs it with python on every rank (the part
-# after this string); bash runs the lines below. Both call moe/launch.py.
+# after this string); bash runs the lines below. Both call moe/launch/launcher.py.
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 exec "${PYTHON:-python3}" -u "$repo/launch/pretrain_moe.sh" "$@"
 ":"""
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from moe.launch import main  # noqa: E402
+from moe.launch.launcher import main
 
 main(sys.argv[1:])

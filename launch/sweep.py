@@ -5,14 +5,12 @@
     python launch/sweep.py recipes/scaling/dsmoe_paper_grid.yaml --hostfile hosts
     python launch/sweep.py recipes/scaling/dsmoe_paper_grid.yaml --slurm --gpus-per-node 8
 
-The grid format and the expansion are in moe/sweep.py.
+The grid format and the expansion are in moe/scaling/sweep.py.
 """
+
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from moe.sweep import main  # noqa: E402
+from moe.scaling.sweep import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,9 +1,9 @@
 """Test helpers: real subprocesses with a free port and a timeout."""
+
 from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,10 +14,18 @@ REPO = Path(__file__).resolve().parent.parent
 LAUNCHER = REPO / "launch" / "pretrain_moe.sh"
 
 
+# the tiny recipe's corpus and tokenizer (cached once per session), for the tests that run the bigger recipes
+SMALL_DATA = ("data.max_documents=600", "data.val_fraction=0.1", "data.vocab_size=1024")
+BASH_RUN_STEPS = 20  # the shared launcher run (tests/conftest.py `bash_run`)
+TINY = ("--recipe", "recipes/tiny.yaml", f"train.max_steps={BASH_RUN_STEPS}", "logging.progress_bar=false")
+
+
 def child_env(**extra: str) -> dict:
+    """The environment of a spawned process: one thread per rank (2 ranks on the 2-core CI machine) and a free
+    rendezvous port. `moe` comes from the editable install (requirements.txt), `tests` from the repository root, the
+    child's working directory."""
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", "1")
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     env["MASTER_PORT"] = str(free_port())
     env.update(extra)
     return env
@@ -37,14 +45,6 @@ def launch_deepspeed(*args: str, timeout: float = 300, **env: str) -> subprocess
     return run([str(deepspeed_cli), str(LAUNCHER), *args], timeout=timeout, **env)
 
 
-def run_distributed(script: Path, *args: str, ranks: int = 2, timeout: float = 600) -> subprocess.CompletedProcess:
-    """Start `script` on `ranks` gloo ranks through DeepSpeed's real launcher."""
-    port = free_port()
-    cmd = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(ranks), "--master_port", str(port),
-           str(script), *args]
-    return run(cmd, timeout=timeout)
-
-
 def read_metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
@@ -56,12 +56,3 @@ def explain(proc: subprocess.CompletedProcess) -> str:
 def snapshot(folder: Path) -> dict:
     """Every file under `folder` with its bytes: equal snapshots mean nothing was touched."""
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
-def interrupted_copy(runs_dir: Path, source: str, name: str, last_step: int, saved_step: int) -> None:
-    """runs_dir/<name>: a copy of runs_dir/<source> as if its job had died right after the step-`saved_step`
-    checkpoint (the final step-`last_step` one removed; metrics past `saved_step` are dropped on resume)."""
-    src, dst = runs_dir / source, runs_dir / name
-    shutil.copytree(src, dst)
-    shutil.rmtree(dst / "checkpoints" / f"global_step{last_step}")
-    (dst / "checkpoints" / "latest").write_text(f"global_step{saved_step}")

@@ -1,4 +1,6 @@
-"""Recipe YAML + dotted overrides -> `Recipe`, strictly: an unknown key or a wrong type is an error."""
+"""Reading the two inputs of a run: the recipe YAML (+ dotted overrides) -> `Recipe`, strictly (an unknown key or a
+wrong type is an error), and the ds_config JSON (+ `ds.` overrides) -> a dict."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -37,6 +39,28 @@ def load_recipe(path: str | Path | None, overrides: list[str] = ()) -> Recipe:
     return from_dict(Recipe, raw, where=source)
 
 
+def load_ds_config(path: str | Path, overrides: list[str] = ()) -> dict:
+    """Read a ds_config JSON; `key.sub=value` overrides (the `ds.` prefix already stripped) apply on top."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"ds_config not found: {path}")
+    try:
+        config = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{path} is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
+    if not isinstance(config, dict):
+        raise ConfigError(f"{path}: a ds_config must be a JSON object")
+    for item in overrides:
+        apply_override(config, item)
+    return config
+
+
+def split_overrides(items: list[str]) -> tuple[list[str], list[str]]:
+    """Dotted overrides: `ds.x=1` goes to the ds_config (as `x=1`), everything else to the recipe."""
+    ds = [i[len("ds.") :] for i in items if i.startswith("ds.")]
+    return [i for i in items if not i.startswith("ds.")], ds
+
+
 def apply_override(raw: dict, item: str) -> None:
     """Set `a.b.c=value` in a nested dict; the value is parsed as YAML (so 16, 1e-3, true, [1,2] work)."""
     key, sep, text = item.partition("=")
@@ -61,8 +85,9 @@ def from_dict(cls: type, data: Any, where: str, prefix: str = "") -> Any:
     unknown = [k for k in data if k not in fields]
     if unknown:
         name = f"{prefix}{unknown[0]}"
-        raise ConfigError(f"{where}: unknown key '{name}'; allowed keys{' in ' + prefix[:-1] if prefix else ''}: "
-                          f"{', '.join(fields)}")
+        raise ConfigError(
+            f"{where}: unknown key '{name}'; allowed keys{' in ' + prefix[:-1] if prefix else ''}: {', '.join(fields)}"
+        )
     kwargs = {k: _coerce(hints[k], v, where, f"{prefix}{k}") for k, v in data.items()}
     return cls(**kwargs)
 

@@ -4,82 +4,92 @@ A recipe YAML maps one to one onto `Recipe`. Fields left as `None` are "mirrored
 ds_config JSON may own instead (micro-batch, accumulation, clipping, precision, optimizer); the
 resolve step (`moe.config.resolve`) fills them from whichever side sets them and refuses a disagreement.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
 
 
 @dataclass
 class ModelConfig:
     """Decoder-only transformer shape."""
-    family: str = "gpt"  # gpt (ours, moe.impl=deepspeed) | mixtral | qwen3_moe | deepseek_v3 (HF classes, moe.impl=autoep)
-    init_from: Optional[str] = None  # start from weights on disk: an HF model folder (continued pretraining)
+
+    family: str = (
+        "gpt"  # gpt (ours, moe.impl=deepspeed) | mixtral | qwen3_moe | deepseek_v3 (HF classes, moe.impl=autoep)
+    )
+    init_from: str | None = None  # start from weights on disk: an HF model folder (continued pretraining)
     upcycle: bool = False  # init_from is a dense Llama: every expert starts as its layer's MLP, the router at zero
     hf_config: dict = field(default_factory=dict)  # moe.impl=autoep: extra fields of the HF family's config class
     d_model: int = 256
     n_layers: int = 4
     n_heads: int = 4
-    n_kv_heads: Optional[int] = None  # grouped-query attention; None = n_heads
-    d_ff: Optional[int] = None  # SwiGLU hidden size; None = 8/3 * d_model rounded up to a multiple of 64
+    n_kv_heads: int | None = None  # grouped-query attention; None = n_heads
+    d_ff: int | None = None  # SwiGLU hidden size; None = 8/3 * d_model rounded up to a multiple of 64
     max_seq_len: int = 256
     rope_theta: float = 10000.0
     norm_eps: float = 1e-5
     init_std: float = 0.02
     tie_embeddings: bool = False
-    vocab_size: Optional[int] = None  # None = the tokenizer's size
+    vocab_size: int | None = None  # None = the tokenizer's size
 
 
 @dataclass
 class MoEConfig:
     """Mixture-of-Experts settings; `enabled: false` gives the dense baseline of the same recipe."""
+
     enabled: bool = True
-    impl: str = "deepspeed"  # deepspeed = deepspeed.moe.layer.MoE in our GPT | autoep = DeepSpeed AutoEP on an HF family
+    impl: str = (
+        "deepspeed"  # deepspeed = deepspeed.moe.layer.MoE in our GPT | autoep = DeepSpeed AutoEP on an HF family
+    )
     num_experts: int | list[int] = 4  # or one count per MoE layer, in layer order (PR-MoE pyramid: [4, 8])
     top_k: int = 2
     interval: int = 2  # every Nth MLP is a MoE layer (layers N-1, 2N-1, ...)
-    expert_d_ff: Optional[int] = None  # None = model.d_ff
+    expert_d_ff: int | None = None  # None = model.d_ff
     ep_size: int = 1  # expert-parallel size; must divide num_experts and the world size
     capacity_factor: float = 1.0
     eval_capacity_factor: float = 1.0
     min_capacity: int = 4
     drop_tokens: bool = True  # false = dropless (capacity grows to the busiest expert)
     use_rts: bool = True  # random token selection when dropping (DeepSpeed-MoE)
-    noisy_gate_policy: Optional[str] = None  # None | Jitter | RSample
+    noisy_gate_policy: str | None = None  # None | Jitter | RSample
     use_residual: bool = False  # Residual-MoE: a dense MLP beside the experts
     top2_2nd_expert_sampling: bool = True
     aux_loss_coef: float = 0.01
     z_loss_coef: float = 0.0  # ST-MoE router z-loss: mean over tokens of logsumexp(router logits)^2
     seq_aux_loss_coef: float = 0.0  # DeepSeek-V3 sequence-wise balance loss (per sequence, averaged over sequences)
     bias_update_rate: float = 0.0  # DeepSeek-V3 aux-loss-free balancing: per-expert routing bias step (0 = off)
-    batched_experts: bool = False  # impl=deepspeed: run the local experts as batched matmuls, not a loop (moe/model/batched_experts.py)
+    batched_experts: bool = (
+        False  # impl=deepspeed: run the local experts as batched matmuls, not a loop (moe/model/batched_experts.py)
+    )
 
 
 @dataclass
 class DataConfig:
     """Where the text comes from and how it becomes fixed-length token blocks."""
+
     source: str = "stdlib"  # stdlib | hf | files
-    name: Optional[str] = None  # source=hf: a `datasets` name or a local dataset folder
-    config_name: Optional[str] = None  # source=hf: the dataset's config
+    name: str | None = None  # source=hf: a `datasets` name or a local dataset folder
+    config_name: str | None = None  # source=hf: the dataset's config
     files: list[str] = field(default_factory=list)  # source=files: .txt/.jsonl/.json/.parquet paths
     text_field: str = "text"
     seq_len: int = 256
     val_fraction: float = 0.02  # documents routed to validation by a hash of their id
     tokenizer: str = "bpe"  # "bpe" = train a byte-level BPE on the corpus; else an AutoTokenizer path
     vocab_size: int = 8192  # for tokenizer=bpe
-    max_documents: Optional[int] = None  # cap the corpus (tests, smoke runs)
-    cache_dir: Optional[str] = None  # None = $MOE_CACHE or ~/.cache/moe-recipes
+    max_documents: int | None = None  # cap the corpus (tests, smoke runs)
+    cache_dir: str | None = None  # None = $MOE_CACHE or ~/.cache/moe-recipes
     num_proc: int = 1
 
 
 @dataclass
 class OptimConfig:
     """Optimizer; each field may be set here or in the ds_config "optimizer" section, not both differently."""
-    type: Optional[str] = None  # default AdamW
-    lr: Optional[float] = None  # default 3e-4
-    betas: Optional[list[float]] = None  # default [0.9, 0.95]
-    eps: Optional[float] = None  # default 1e-8
-    weight_decay: Optional[float] = None  # default 0.1 (never on norms, biases or the router)
+
+    type: str | None = None  # default AdamW
+    lr: float | None = None  # default 3e-4
+    betas: list[float] | None = None  # default [0.9, 0.95]
+    eps: float | None = None  # default 1e-8
+    weight_decay: float | None = None  # default 0.1 (never on norms, biases or the router)
 
 
 @dataclass
@@ -88,16 +98,18 @@ class TrainConfig:
     warmup_steps: int = 20
     min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
     seed: int = 1234
-    micro_batch_size: Optional[int] = None  # mirrors train_micro_batch_size_per_gpu
-    grad_accum: Optional[int] = None  # mirrors gradient_accumulation_steps
-    grad_clip: Optional[float] = None  # mirrors gradient_clipping
-    precision: Optional[str] = None  # fp32 | bf16 | fp16; mirrors the bf16/fp16 sections
+    micro_batch_size: int | None = None  # mirrors train_micro_batch_size_per_gpu
+    grad_accum: int | None = None  # mirrors gradient_accumulation_steps
+    grad_clip: float | None = None  # mirrors gradient_clipping
+    precision: str | None = None  # fp32 | bf16 | fp16; mirrors the bf16/fp16 sections
     eval_interval: int = 50  # steps between validation passes (0 = only at the end)
     eval_batches: int = 8  # micro-batches per rank per validation pass
     save_interval: int = 0  # steps between checkpoints (0 = only at the end)
     keep_checkpoints: int = 0  # complete checkpoints kept, newest first (0 = all)
     log_interval: int = 1
-    recompute: str = "blocks"  # with an activation_checkpointing section: blocks | mlp (moe/train/activation_checkpointing.py)
+    recompute: str = (
+        "blocks"  # with an activation_checkpointing section: blocks | mlp (moe/train/activation_checkpointing.py)
+    )
 
 
 @dataclass
@@ -106,10 +118,10 @@ class LoggingConfig:
     runs_dir: str = "runs"
     wandb: bool = True  # offline unless WANDB_MODE or a W&B key says otherwise
     wandb_project: str = "moe-recipes"
-    wandb_group: Optional[str] = None
+    wandb_group: str | None = None
     progress_bar: bool = True
     router_stats: bool = True  # per-MoE-layer routing telemetry in metrics.jsonl and W&B (moe/model/router_stats.py)
-    peak_tflops: Optional[float] = None  # one device's peak for MFU; None = a known GPU's, or measured (CPU)
+    peak_tflops: float | None = None  # one device's peak for MFU; None = a known GPU's, or measured (CPU)
 
 
 @dataclass

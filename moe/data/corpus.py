@@ -4,6 +4,7 @@ The embedded default is the running interpreter's standard library: every module
 class's and function's docstring as its own document, and the `pydoc_data` help topics. It is real text,
 present on every Python install, and needs no download.
 """
+
 from __future__ import annotations
 
 import ast
@@ -24,6 +25,8 @@ def stdlib_documents(max_documents: int | None = None) -> list[dict]:
     root = Path(sysconfig.get_paths()["stdlib"])
     docs: list[dict] = []
     for path in sorted(root.rglob("*.py")):
+        if max_documents and len(docs) >= max_documents:
+            return docs[:max_documents]  # the same prefix, without parsing the rest of the stdlib
         rel = path.relative_to(root)
         if any(part in EXCLUDED_DIRS or part.startswith("config-") for part in rel.parts):
             continue
@@ -31,6 +34,7 @@ def stdlib_documents(max_documents: int | None = None) -> list[dict]:
         docs.append({"text": source, "doc_id": f"stdlib/{rel}"})
         docs.extend({"text": doc, "doc_id": f"stdlib/{rel}#doc{i}"} for i, doc in enumerate(docstrings(source)))
     from pydoc_data.topics import topics
+
     docs.extend({"text": topics[name], "doc_id": f"pydoc_data/{name}"} for name in sorted(topics))
     return docs[:max_documents] if max_documents else docs
 
@@ -51,16 +55,20 @@ def load_documents(cfg: DataConfig) -> datasets.Dataset:
     if cfg.source == "files":
         builder = _builder_for(cfg.files)
         kwargs = {"sample_by": "document"} if builder == "text" else {}
-        ds = datasets.load_dataset(builder, data_files=[str(Path(f).expanduser()) for f in cfg.files],
-                                   split="train", **kwargs)
+        ds = datasets.load_dataset(
+            builder, data_files=[str(Path(f).expanduser()) for f in cfg.files], split="train", **kwargs
+        )
     else:
         ds = datasets.load_dataset(cfg.name, cfg.config_name, split="train")
     if cfg.text_field not in ds.column_names:
         raise ValueError(f"dataset has no column '{cfg.text_field}' (data.text_field); columns: {ds.column_names}")
     if cfg.max_documents:
         ds = ds.select(range(min(cfg.max_documents, len(ds))))
-    ds = ds.select_columns([cfg.text_field]).rename_column(cfg.text_field, "text") if cfg.text_field != "text" \
+    ds = (
+        ds.select_columns([cfg.text_field]).rename_column(cfg.text_field, "text")
+        if cfg.text_field != "text"
         else ds.select_columns(["text"])
+    )
     return ds.add_column("doc_id", [str(i) for i in range(len(ds))])
 
 
@@ -93,7 +101,9 @@ def corpus_identity(cfg: DataConfig) -> dict:
     if cfg.source == "stdlib":
         ident["python"] = sys.version.split()[0]
     elif cfg.source == "files":
-        ident["files"] = [(str(Path(f).resolve()), Path(f).stat().st_mtime_ns, Path(f).stat().st_size) for f in cfg.files]
+        ident["files"] = [
+            (str(Path(f).resolve()), Path(f).stat().st_mtime_ns, Path(f).stat().st_size) for f in cfg.files
+        ]
         ident["text_field"] = cfg.text_field
     else:
         ident.update(name=cfg.name, config_name=cfg.config_name, text_field=cfg.text_field)

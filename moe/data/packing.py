@@ -1,4 +1,5 @@
 """Tokenize documents and pack them, EOS-separated, into fixed-length blocks (HF `run_clm` style)."""
+
 from __future__ import annotations
 
 import datasets
@@ -15,6 +16,12 @@ def pack_documents(docs: datasets.Dataset, tokenizer, seq_len: int, num_proc: in
         n_blocks = len(stream) // seq_len
         return {"input_ids": stream[: n_blocks * seq_len].reshape(n_blocks, seq_len).tolist()}
 
-    blocks = docs.map(tokenize_and_pack, batched=True, batch_size=1000, remove_columns=docs.column_names,
-                      num_proc=num_proc if num_proc > 1 else None, desc="tokenize+pack")
+    blocks = docs.map(
+        tokenize_and_pack,
+        batched=True,
+        batch_size=1000,
+        remove_columns=docs.column_names,
+        num_proc=num_proc if num_proc > 1 else None,
+        desc="tokenize+pack",
+    )
     return blocks.cast_column("input_ids", datasets.Sequence(datasets.Value("int32")))

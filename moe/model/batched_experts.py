@@ -7,6 +7,7 @@ the E_local experts are one batched GEMM per projection (`torch.bmm`). The weigh
 checkpoints are the same with and without this); the forward stacks them, one copy of the local expert weights
 per call. `moe.batched_experts` turns it on.
 """
+
 from __future__ import annotations
 
 import torch

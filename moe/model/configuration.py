@@ -1,4 +1,5 @@
 """The Hugging Face config class of our MoE GPT, so that save_pretrained / from_pretrained / generate work."""
+
 from __future__ import annotations
 
 from transformers import PretrainedConfig
@@ -7,16 +8,40 @@ from transformers import PretrainedConfig
 class MoEGPTConfig(PretrainedConfig):
     model_type = "moe_gpt"
 
-    def __init__(self, vocab_size: int = 8192, d_model: int = 256, n_layers: int = 4, n_heads: int = 4,
-                 n_kv_heads: int | None = None, d_ff: int | None = None, max_seq_len: int = 256,
-                 rope_theta: float = 10000.0, norm_eps: float = 1e-5, init_std: float = 0.02,
-                 moe_enabled: bool = True, num_experts: int = 4, num_experts_per_tok: int = 2, moe_interval: int = 2,
-                 expert_d_ff: int | None = None, ep_size: int = 1, capacity_factor: float = 1.0,
-                 eval_capacity_factor: float = 1.0, min_capacity: int = 4, drop_tokens: bool = True,
-                 use_rts: bool = True, noisy_gate_policy: str | None = None, use_residual: bool = False,
-                 top2_2nd_expert_sampling: bool = True, aux_loss_coef: float = 0.01, z_loss_coef: float = 0.0,
-                 seq_aux_loss_coef: float = 0.0, bias_update_rate: float = 0.0, batched_experts: bool = False,
-                 tie_word_embeddings: bool = False, **kwargs):
+    def __init__(
+        self,
+        vocab_size: int = 8192,
+        d_model: int = 256,
+        n_layers: int = 4,
+        n_heads: int = 4,
+        n_kv_heads: int | None = None,
+        d_ff: int | None = None,
+        max_seq_len: int = 256,
+        rope_theta: float = 10000.0,
+        norm_eps: float = 1e-5,
+        init_std: float = 0.02,
+        moe_enabled: bool = True,
+        num_experts: int = 4,
+        num_experts_per_tok: int = 2,
+        moe_interval: int = 2,
+        expert_d_ff: int | None = None,
+        ep_size: int = 1,
+        capacity_factor: float = 1.0,
+        eval_capacity_factor: float = 1.0,
+        min_capacity: int = 4,
+        drop_tokens: bool = True,
+        use_rts: bool = True,
+        noisy_gate_policy: str | None = None,
+        use_residual: bool = False,
+        top2_2nd_expert_sampling: bool = True,
+        aux_loss_coef: float = 0.01,
+        z_loss_coef: float = 0.0,
+        seq_aux_loss_coef: float = 0.0,
+        bias_update_rate: float = 0.0,
+        batched_experts: bool = False,
+        tie_word_embeddings: bool = False,
+        **kwargs,
+    ):
         self.vocab_size = vocab_size
         self.d_model = d_model
         self.n_layers = n_layers
@@ -74,12 +99,34 @@ def default_d_ff(d_model: int) -> int:
 def config_from_recipe(recipe, vocab_size: int) -> MoEGPTConfig:
     m, e = recipe.model, recipe.moe
     return MoEGPTConfig(
-        vocab_size=m.vocab_size or vocab_size, d_model=m.d_model, n_layers=m.n_layers, n_heads=m.n_heads,
-        n_kv_heads=m.n_kv_heads, d_ff=m.d_ff, max_seq_len=m.max_seq_len, rope_theta=m.rope_theta,
-        norm_eps=m.norm_eps, init_std=m.init_std, moe_enabled=e.enabled, num_experts=e.num_experts, num_experts_per_tok=e.top_k,
-        moe_interval=e.interval, expert_d_ff=e.expert_d_ff, ep_size=e.ep_size, capacity_factor=e.capacity_factor,
-        eval_capacity_factor=e.eval_capacity_factor, min_capacity=e.min_capacity, drop_tokens=e.drop_tokens,
-        use_rts=e.use_rts, noisy_gate_policy=e.noisy_gate_policy, use_residual=e.use_residual,
-        top2_2nd_expert_sampling=e.top2_2nd_expert_sampling, aux_loss_coef=e.aux_loss_coef,
-        z_loss_coef=e.z_loss_coef, seq_aux_loss_coef=e.seq_aux_loss_coef, bias_update_rate=e.bias_update_rate,
-        batched_experts=e.batched_experts, tie_word_embeddings=m.tie_embeddings)
+        vocab_size=m.vocab_size or vocab_size,
+        d_model=m.d_model,
+        n_layers=m.n_layers,
+        n_heads=m.n_heads,
+        n_kv_heads=m.n_kv_heads,
+        d_ff=m.d_ff,
+        max_seq_len=m.max_seq_len,
+        rope_theta=m.rope_theta,
+        norm_eps=m.norm_eps,
+        init_std=m.init_std,
+        moe_enabled=e.enabled,
+        num_experts=e.num_experts,
+        num_experts_per_tok=e.top_k,
+        moe_interval=e.interval,
+        expert_d_ff=e.expert_d_ff,
+        ep_size=e.ep_size,
+        capacity_factor=e.capacity_factor,
+        eval_capacity_factor=e.eval_capacity_factor,
+        min_capacity=e.min_capacity,
+        drop_tokens=e.drop_tokens,
+        use_rts=e.use_rts,
+        noisy_gate_policy=e.noisy_gate_policy,
+        use_residual=e.use_residual,
+        top2_2nd_expert_sampling=e.top2_2nd_expert_sampling,
+        aux_loss_coef=e.aux_loss_coef,
+        z_loss_coef=e.z_loss_coef,
+        seq_aux_loss_coef=e.seq_aux_loss_coef,
+        bias_update_rate=e.bias_update_rate,
+        batched_experts=e.batched_experts,
+        tie_word_embeddings=m.tie_embeddings,
+    )

@@ -14,6 +14,7 @@ extra losses from them, and then routes:
 It returns DeepSpeed's gate output (the l_aux balance loss first) and leaves this forward's `RouterLosses` in
 `last_losses`, the way DeepSpeed's MOELayer leaves `l_aux`: MoEMLP reads it right after the call.
 """
+
 from __future__ import annotations
 
 from typing import NamedTuple
@@ -21,10 +22,18 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 from deepspeed.comm import pg_utils
-from deepspeed.moe.sharded_moe import (TOPK_GATE_TIMER, TopKGate, _capacity, _stack_routes, multiplicative_jitter,
-                                       top1gating, top2gating, topkgating)
+from deepspeed.moe.sharded_moe import (
+    TOPK_GATE_TIMER,
+    TopKGate,
+    _capacity,
+    _stack_routes,
+    multiplicative_jitter,
+    top1gating,
+    top2gating,
+    topkgating,
+)
 
-from moe.model.replay import is_replaying
+from moe.model.recompute import is_recomputing
 
 
 class RouterLosses(NamedTuple):
@@ -33,7 +42,7 @@ class RouterLosses(NamedTuple):
     seq_aux: torch.Tensor  # DeepSeek-V3 sequence-wise balance loss
 
     @staticmethod
-    def zeros(like: torch.Tensor) -> "RouterLosses":
+    def zeros(like: torch.Tensor) -> RouterLosses:
         zero = like.new_zeros((), dtype=torch.float32)
         return RouterLosses(zero, zero, zero)
 
@@ -43,8 +52,9 @@ def router_z_loss(logits: torch.Tensor) -> torch.Tensor:
     return torch.logsumexp(logits, dim=-1).square().mean()
 
 
-def sequence_balance_loss(probs: torch.Tensor, selected: torch.Tensor, k: int,
-                          tokens_per_sequence: int) -> torch.Tensor:
+def sequence_balance_loss(
+    probs: torch.Tensor, selected: torch.Tensor, k: int, tokens_per_sequence: int
+) -> torch.Tensor:
     """DeepSeek-V3's complementary sequence-wise balance loss, averaged over sequences (1.0 = perfectly balanced).
 
     probs: (S, E) router probabilities; selected: (S, E) 1 where a token chose the expert (its top-k);
@@ -58,8 +68,15 @@ def sequence_balance_loss(probs: torch.Tensor, selected: torch.Tensor, k: int,
     return (f * P).sum(dim=-1).mean()
 
 
-def biased_topk_routing(logits: torch.Tensor, bias: torch.Tensor, k: int, capacity_factor: float, min_capacity: int,
-                        drop_tokens: bool, ep_group=None) -> tuple:
+def biased_topk_routing(
+    logits: torch.Tensor,
+    bias: torch.Tensor,
+    k: int,
+    capacity_factor: float,
+    min_capacity: int,
+    drop_tokens: bool,
+    ep_group=None,
+) -> tuple:
     """Top-k routing where `bias` (E,) shifts *which* experts a token picks, never its weights (DeepSeek-V3).
 
     logits: (S, E). Returns DeepSpeed's sparse-route gate output, as `topkgating(..., sparse_routes=True)`:
@@ -87,6 +104,7 @@ def biased_topk_routing(logits: torch.Tensor, bias: torch.Tensor, k: int, capaci
         capacity = exp_counts.max()
         if pg_utils.is_parallel(ep_group):  # as in DeepSpeed's own gating functions
             import deepspeed.comm as dist
+
             dist.all_reduce(capacity, op=dist.ReduceOp.MAX, group=ep_group)
     locations = torch.cumsum(mask, dim=0) - 1  # (S, E): each kept route's slot in its expert's buffer
     weights = gates * mask  # (S, E)
@@ -94,16 +112,23 @@ def biased_topk_routing(logits: torch.Tensor, bias: torch.Tensor, k: int, capaci
         weights = weights / weights.sum(dim=-1, keepdim=True).clamp(min=torch.finfo(weights.dtype).eps)
     kept = mask.gather(1, top_idx)  # (S, k)
     indices = torch.where(kept, top_idx, torch.full_like(top_idx, -1))
-    return (l_aux, capacity, E, _stack_routes(indices, torch.int32),
-            _stack_routes(locations.gather(1, top_idx) * kept, torch.int32), _stack_routes(weights.gather(1, top_idx)),
-            exp_counts)
+    return (
+        l_aux,
+        capacity,
+        E,
+        _stack_routes(indices, torch.int32),
+        _stack_routes(locations.gather(1, top_idx) * kept, torch.int32),
+        _stack_routes(weights.gather(1, top_idx)),
+        exp_counts,
+    )
 
 
 class RouterGate(TopKGate):
     """DeepSpeed's TopKGate with `z_loss_coef`, `seq_aux_loss_coef` and `bias_update_rate` (see the module doc)."""
 
-    def __init__(self, *args, z_loss_coef: float = 0.0, seq_aux_loss_coef: float = 0.0,
-                 bias_update_rate: float = 0.0, **kwargs):
+    def __init__(
+        self, *args, z_loss_coef: float = 0.0, seq_aux_loss_coef: float = 0.0, bias_update_rate: float = 0.0, **kwargs
+    ):
         super().__init__(*args, **kwargs)
         self.z_loss_coef, self.seq_aux_loss_coef = z_loss_coef, seq_aux_loss_coef
         self.bias_update_rate = bias_update_rate
@@ -117,8 +142,13 @@ class RouterGate(TopKGate):
             # Routes per expert selected since the last update (int64: exact, and not cast by .bfloat16()).
             self.register_buffer("selection_counts", torch.zeros(E, dtype=torch.long), persistent=False)
 
-    def forward(self, input: torch.Tensor, used_token: torch.Tensor | None = None, sparse_routes: bool = False,
-                use_tutel: bool = False) -> tuple:
+    def forward(
+        self,
+        input: torch.Tensor,
+        used_token: torch.Tensor | None = None,
+        sparse_routes: bool = False,
+        use_tutel: bool = False,
+    ) -> tuple:
         """input: (S, d). Returns DeepSpeed's gate output; this call's RouterLosses go to `last_losses`."""
         if self.wall_clock_breakdown:  # the engine's MoE timing breakdown, as in TopKGate
             self.timers(TOPK_GATE_TIMER).start()
@@ -132,22 +162,48 @@ class RouterGate(TopKGate):
         capacity_factor = self.capacity_factor if self.training else self.eval_capacity_factor
         if biased:
             if used_token is not None or not sparse_routes:
-                raise ValueError("RouterGate with a routing bias returns sparse routes for all tokens only, "
-                                 "which is what deepspeed's MOELayer asks for")
-            output = biased_topk_routing(logits, self.routing_bias, self.k, capacity_factor, self.min_capacity,
-                                         self.drop_tokens, self.ep_group)
-            if self.training and not is_replaying():  # an activation-checkpointing recompute counts nothing
+                raise ValueError(
+                    "RouterGate with a routing bias returns sparse routes for all tokens only, "
+                    "which is what deepspeed's MOELayer asks for"
+                )
+            output = biased_topk_routing(
+                logits, self.routing_bias, self.k, capacity_factor, self.min_capacity, self.drop_tokens, self.ep_group
+            )
+            if self.training and not is_recomputing():  # an activation-checkpointing recompute counts nothing
                 self.selection_counts += output[-1]
         elif self.k == 1:
-            output = top1gating(logits, capacity_factor, self.min_capacity, used_token,
-                                self.noisy_gate_policy if self.training else None, self.drop_tokens, self.use_rts,
-                                self.ep_group, sparse_routes, use_tutel)
+            output = top1gating(
+                logits,
+                capacity_factor,
+                self.min_capacity,
+                used_token,
+                self.noisy_gate_policy if self.training else None,
+                self.drop_tokens,
+                self.use_rts,
+                self.ep_group,
+                sparse_routes,
+                use_tutel,
+            )
         elif self.k == 2:  # top2gating adds its sampling noise to the logits in place: give it a copy
-            output = top2gating(logits.clone(), capacity_factor, self.min_capacity, self.drop_tokens, self.ep_group,
-                                self.top2_2nd_expert_sampling, sparse_routes)
+            output = top2gating(
+                logits.clone(),
+                capacity_factor,
+                self.min_capacity,
+                self.drop_tokens,
+                self.ep_group,
+                self.top2_2nd_expert_sampling,
+                sparse_routes,
+            )
         else:
-            output = topkgating(logits, self.k, capacity_factor, self.min_capacity, self.drop_tokens, self.ep_group,
-                                sparse_routes=sparse_routes)
+            output = topkgating(
+                logits,
+                self.k,
+                capacity_factor,
+                self.min_capacity,
+                self.drop_tokens,
+                self.ep_group,
+                sparse_routes=sparse_routes,
+            )
         self.last_losses = RouterLosses(output[0], z, seq_aux)
         if self.wall_clock_breakdown:
             self.timers(TOPK_GATE_TIMER).stop()
@@ -179,24 +235,8 @@ class RouterGate(TopKGate):
 
     @torch.no_grad()
     def update_bias(self, load: torch.Tensor) -> None:
-        """load: (E,) routes each expert was selected for over the global batch. b_e += rate * sign(mean - load_e)."""
+        """load: (E,) routes each expert was selected for over the global batch. b_e += rate * sign(mean - load_e).
+        The trainer calls it after each optimizer step with the load summed over ranks (moe/train/accumulate.py)."""
         load = load.float()
         self.routing_bias += self.bias_update_rate * torch.sign(load.mean() - load).to(self.routing_bias.dtype)
         self.selection_counts.zero_()
-
-
-def update_routing_bias(model: torch.nn.Module) -> None:
-    """After an optimizer step: move every bias-balanced gate's bias toward equal load over the global batch.
-
-    Loads are summed over all ranks (the data-parallel group; every rank holds every gate) in one all-reduce of
-    sum(E) int64 counts for all MoE layers together, so every rank applies the same update and the biases stay
-    identical. A no-op (and no collective) when no gate balances with a bias.
-    """
-    gates = [m for m in model.modules() if isinstance(m, RouterGate) and m.bias_update_rate > 0]
-    if not gates:
-        return
-    from moe.parallel import all_reduce_sum
-    local = torch.cat([gate.selection_counts for gate in gates])  # (sum of E,)
-    counts = all_reduce_sum(local).to(local.device)
-    for gate, load in zip(gates, counts.split([gate.selection_counts.numel() for gate in gates])):
-        gate.update_bias(load)

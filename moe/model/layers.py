@@ -1,4 +1,5 @@
 """Dense transformer parts: rotary embeddings, causal self-attention through SDPA, and the SwiGLU MLP."""
+
 from __future__ import annotations
 
 import torch
@@ -16,7 +17,7 @@ class RotaryEmbedding(nn.Module):
 
     def forward(self, seq_len: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         exponents = torch.arange(0, self.head_dim, 2, device=device, dtype=torch.float32) / self.head_dim
-        inv_freq = 1.0 / (self.theta ** exponents)  # (hd/2,)
+        inv_freq = 1.0 / (self.theta**exponents)  # (hd/2,)
         freqs = torch.outer(torch.arange(seq_len, device=device, dtype=torch.float32), inv_freq)  # (T, hd/2)
         return freqs.cos(), freqs.sin()
 
@@ -44,8 +45,9 @@ class CausalSelfAttention(nn.Module):
         k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, T, hd)
         v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, T, hd)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True,
-                                           enable_gqa=self.n_kv_heads != self.n_heads)  # (B, H, T, hd)
+        y = F.scaled_dot_product_attention(
+            q, k, v, is_causal=True, enable_gqa=self.n_kv_heads != self.n_heads
+        )  # (B, H, T, hd)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))  # (B, T, d)
 
 

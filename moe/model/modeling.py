@@ -2,6 +2,7 @@
 
 It is a `transformers.PreTrainedModel`, so `save_pretrained`, `from_pretrained` and `generate` work.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -14,7 +15,7 @@ from transformers.modeling_outputs import CausalLMOutput
 
 from moe.model.configuration import MoEGPTConfig
 from moe.model.layers import CausalSelfAttention, RotaryEmbedding, SwiGLU
-from moe.model.replay import checkpointed_call
+from moe.model.recompute import checkpointed_call
 
 
 class Block(nn.Module):
@@ -28,7 +29,8 @@ class Block(nn.Module):
         self.mlp_norm = nn.RMSNorm(config.d_model, eps=config.norm_eps)
         self.is_moe = config.is_moe_layer(layer_idx)
         if self.is_moe:
-            from moe.model.moe_block import MoEMLP  # imports deepspeed only for MoE models
+            from moe.model.moe_layer import MoEMLP  # imports deepspeed only for MoE models
+
             self.mlp = MoEMLP(config, config.experts_in_layer(layer_idx))
         else:
             self.mlp = SwiGLU(config.d_model, config.d_ff)
@@ -44,14 +46,17 @@ class Block(nn.Module):
         return x + out, losses
 
     def checkpointed(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, tuple | None]:
-        """forward() without keeping its activations; the backward recomputes them (moe/model/replay.py)."""
+        """forward() without keeping its activations; the backward recomputes them (moe/model/recompute.py)."""
+
         def flat(x: torch.Tensor) -> tuple[torch.Tensor, ...]:  # checkpoint functions pass tensors only
             out, losses = self(x, cos, sin)
             return (out,) if losses is None else (out, *losses)
+
         outputs = checkpointed_call(self._gradient_checkpointing_func, flat, x)
         if not self.is_moe:
             return outputs, None
         from moe.model.gate import RouterLosses
+
         return outputs[0], RouterLosses(*outputs[1:])
 
 
@@ -60,8 +65,9 @@ def next_token_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100)
 
 
-def training_loss(config: MoEGPTConfig, lm_loss: torch.Tensor, aux: torch.Tensor, z: torch.Tensor,
-                  seq_aux: torch.Tensor) -> torch.Tensor:
+def training_loss(
+    config: MoEGPTConfig, lm_loss: torch.Tensor, aux: torch.Tensor, z: torch.Tensor, seq_aux: torch.Tensor
+) -> torch.Tensor:
     """LM loss + coefficient x each router loss (summed over MoE layers); the plain model and the pipeline's last
     stage both use it."""
     loss = lm_loss + config.aux_loss_coef * aux
@@ -84,7 +90,7 @@ class MoEGPTForCausalLM(PreTrainedModel, GenerationMixin):
     config_class = MoEGPTConfig
     base_model_prefix = "moe_gpt"
     main_input_name = "input_ids"
-    _no_split_modules = ["Block"]
+    _no_split_modules = ["Block"]  # noqa: RUF012 (a transformers class attribute, a list there)
     _supports_sdpa = True
     supports_gradient_checkpointing = True
 
@@ -116,13 +122,16 @@ class MoEGPTForCausalLM(PreTrainedModel, GenerationMixin):
 
     def forward(self, input_ids: torch.Tensor, labels: torch.Tensor | None = None, **kwargs) -> MoECausalLMOutput:
         """input_ids: (B, T); labels: (B, T) or None (shifted here; -100 is ignored)."""
-        B, T = input_ids.shape
+        T = input_ids.shape[1]
         cos, sin = self.rotary(T, input_ids.device)  # (T, hd/2) each
         x = self.embed_tokens(input_ids)  # (B, T, d)
         aux_loss = z_loss = seq_aux_loss = x.new_zeros((), dtype=torch.float32)
         for layer in self.layers:
-            x, losses = layer.checkpointed(x, cos, sin) if layer.gradient_checkpointing and self.training else \
-                layer(x, cos, sin)
+            x, losses = (
+                layer.checkpointed(x, cos, sin)
+                if layer.gradient_checkpointing and self.training
+                else layer(x, cos, sin)
+            )
             if losses is not None:
                 aux_loss = aux_loss + losses.balance.float()
                 z_loss = z_loss + losses.z.float()
@@ -132,12 +141,17 @@ class MoEGPTForCausalLM(PreTrainedModel, GenerationMixin):
         if labels is not None:
             lm_loss = next_token_loss(logits, labels)
             loss = training_loss(self.config, lm_loss, aux_loss, z_loss, seq_aux_loss)
-        return MoECausalLMOutput(loss=loss, logits=logits, lm_loss=lm_loss, aux_loss=aux_loss, z_loss=z_loss,
-                                 seq_aux_loss=seq_aux_loss)
+        return MoECausalLMOutput(
+            loss=loss, logits=logits, lm_loss=lm_loss, aux_loss=aux_loss, z_loss=z_loss, seq_aux_loss=seq_aux_loss
+        )
 
     def prepare_inputs_for_generation(self, input_ids: torch.Tensor, **kwargs) -> dict:
         # No KV cache: each step re-runs the whole (short) context; the MoE gate needs whole sequences anyway.
-        return {"input_ids": input_ids[:, -self.config.max_seq_len:]}
+        return {"input_ids": input_ids[:, -self.config.max_seq_len :]}
 
     def moe_layers(self) -> list[nn.Module]:
         return [layer.mlp for layer in self.layers if layer.is_moe]
+
+    def local_blocks(self) -> list[tuple[int, Block]]:
+        """(layer index, Block) of the blocks this rank holds: all of them (a pipeline stage holds some)."""
+        return list(enumerate(self.layers))

@@ -5,14 +5,21 @@ top-1 weights the output by the raw gate probability, top-k (k >= 2) renormalize
 routing bias (aux-loss-free balancing), the top-k choice ranks softmax + bias while the weights stay the
 unbiased probabilities.
 """
+
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
 
-def reference_moe(x: torch.Tensor, router_weight: torch.Tensor, experts: list, k: int,
-                  bias: torch.Tensor | None = None, normalize: bool | None = None) -> torch.Tensor:
+def reference_moe(
+    x: torch.Tensor,
+    router_weight: torch.Tensor,
+    experts: list,
+    k: int,
+    bias: torch.Tensor | None = None,
+    normalize: bool | None = None,
+) -> torch.Tensor:
     """x: (B, T, d); router_weight: (E, d); experts: E callables (n, d) -> (n, d); bias: (E,) or None.
     normalize: renormalize the k weights to sum 1 (True), keep raw probabilities (False), or None = DeepSpeed's
     rule (renormalize iff k >= 2). Returns (B, T, d)."""

@@ -1,70 +1,57 @@
-"""Router telemetry of one MoE layer: tokens per expert, load imbalance, dropped tokens, router entropy, and the
-router losses (balance aux loss, z-loss, sequence-wise balance loss).
+"""Router telemetry: tokens per expert, load imbalance, dropped routes, router entropy, and the router losses
+(balance aux loss, z-loss, sequence-wise balance loss), per MoE layer.
 
-Collected by a forward hook on the gate from what it already returns (the dispatch mask) and the router logits
-it keeps (RouterGate's `last_logits`; a plain TopKGate's are recomputed). Sums stay on this
-rank and on the layer's device (no collective and no host sync on the hot path); the trainer all-reduces every
-layer's sums in one call per log step.
+Each layer keeps *named running sums* on its device (no collective and no host sync on the hot path):
+
+    kept (E,)      routes each expert accepted (within capacity)
+    requested ()   routing slots asked for (tokens x top-k)
+    tokens ()      tokens routed
+    entropy ()     sum over tokens of the router distribution's entropy (nats)
+    aux_loss (), z_loss (), seq_aux_loss ()   sums of each forward's loss
+    losses ()      forwards whose losses were summed
+
+Every sum is reduced over ranks by a sum (`REDUCTION`), so a whole model's telemetry is one all-reduce of named
+tensors (moe.parallel.all_reduce_named). `summarize` turns one layer's summed values into metrics; a sum a path
+does not keep (DeepSeek-V3 under AutoEP returns no router logits: no entropy or aux loss) gives no metric.
+
+`RouterStats` fills them for one native layer from a forward hook on its gate (reusing the logits RouterGate keeps);
+`GPTRouterTelemetry` gathers a model's layers, and moe/model/hf/autoep_stats.py does the same for AutoEP layers.
 """
+
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 
 import torch
 import torch.nn.functional as F
 
-from moe.model.replay import is_replaying
+from moe.model.recompute import is_recomputing
+
+REDUCTION = "sum"  # how every router sum combines over ranks
+LOSS_NAMES = ("aux_loss", "z_loss", "seq_aux_loss")
 
 
-class RouterStats:
-    def __init__(self, gate: torch.nn.Module, num_experts: int, top_k: int):
-        self.num_experts, self.top_k = num_experts, top_k
-        self.enabled = True
-        # [kept tokens per expert (E) | entropy sum | tokens | routing slots requested | aux sum | loss count |
-        #  z-loss sum | seq-aux sum]; the layers of a PR-MoE model have different E, hence different widths
-        self.sums = torch.zeros(num_experts + 7, dtype=torch.float64)
-        gate.register_forward_hook(self._on_gate)
+def zero_sums(
+    num_experts: int, device: torch.device | str = "cpu", losses: tuple[str, ...] = LOSS_NAMES, entropy: bool = True
+) -> dict[str, torch.Tensor]:
+    """One layer's named sums, all zero (float64: counts stay exact)."""
+    names = ["requested", "tokens", *(["entropy"] if entropy else []), *losses, *(["losses"] if losses else [])]
+    sums = {name: torch.zeros((), dtype=torch.float64, device=device) for name in names}
+    sums["kept"] = torch.zeros(num_experts, dtype=torch.float64, device=device)
+    return sums
 
-    def reset(self) -> None:
-        self.sums.zero_()
 
-    @torch.no_grad()
-    def _on_gate(self, gate, inputs, output) -> None:
-        if not (self.enabled and gate.training) or is_replaying():
-            return
-        x = inputs[0].reshape(-1, inputs[0].shape[-1])  # (S, d)
-        logits = getattr(gate, "last_logits", None)  # RouterGate keeps this forward's logits
-        if logits is None or logits.shape[0] != x.shape[0]:
-            logits = F.linear(x.float(), gate.wg.weight.float())
-        probs = F.softmax(logits, dim=-1)  # (S, E)
-        entropy = -(probs * probs.clamp_min(1e-20).log()).sum()
-        self._move_to(x.device)
-        E = self.num_experts
-        self.sums[:E] += kept_per_expert(output, E)
-        self.sums[E] += entropy
-        self.sums[E + 1] += x.shape[0]
-        self.sums[E + 2] += x.shape[0] * self.top_k
-
-    def _move_to(self, device: torch.device) -> None:
-        if self.sums.device != device:  # a meta tensor (built by from_pretrained) holds no sums yet
-            self.sums = torch.zeros_like(self.sums, device=device) if self.sums.is_meta else self.sums.to(device)
-
-    def record_losses(self, losses, training: bool) -> None:
-        """losses: a RouterLosses (balance, z, seq_aux) of one forward; recorded for training forwards only, once
-        (an activation-checkpointing recompute is skipped, as in the gate hook)."""
-        if self.enabled and training and not is_replaying():
-            E = self.num_experts
-            self._move_to(losses.balance.device)
-            self.sums[E + 3] += losses.balance.detach()
-            self.sums[E + 4] += 1
-            self.sums[E + 5] += losses.z.detach()
-            self.sums[E + 6] += losses.seq_aux.detach()
+def entropy_sum(logits: torch.Tensor) -> torch.Tensor:
+    """logits: (S, E) -> sum over the S tokens of the softmax distribution's entropy (nats), fp32."""
+    probs = F.softmax(logits.float(), dim=-1)  # (S, E)
+    return -(probs * probs.clamp_min(1e-20).log()).sum()
 
 
 def kept_per_expert(gate_output: tuple, num_experts: int) -> torch.Tensor:
     """(E,) routes each expert accepted (within capacity), from either of TopKGate's output forms."""
     if isinstance(gate_output[2], torch.Tensor):  # dense: (l_aux, combine (S, E, C), dispatch mask (S, E, C), counts)
-        return gate_output[2].sum(dim=(0, 2))
+        return gate_output[2].sum(dim=(0, 2)).double()
     # sparse routes: (l_aux, capacity, E, expert index per route, locations, gates, counts); index -1 = dropped.
     # Count into E + 1 bins, the first for drops, with a fixed-size scatter: boolean indexing (nonzero) and CUDA's
     # bincount (which reads the max index) would each stall the host until the device catches up, every layer.
@@ -73,20 +60,96 @@ def kept_per_expert(gate_output: tuple, num_experts: int) -> torch.Tensor:
     return counts.scatter_add_(0, indices, torch.ones_like(indices, dtype=torch.float64))[1:]
 
 
-def summarize(sums: torch.Tensor, num_experts: int) -> dict:
-    """Metrics from (all-reduced) sums of width E + 5, or E + 7 with the z-loss and seq-aux sums (RouterStats):
-    a dict of scalars plus tokens_per_expert as a list."""
-    kept = sums[:num_experts]
-    entropy, tokens, requested, aux_sum, aux_count, *loss_sums = sums[num_experts:].tolist()
+def summarize(sums: dict[str, torch.Tensor]) -> dict:
+    """Metrics of one layer from its (all-reduced) named sums: scalars, and tokens_per_expert as a list."""
+    kept = sums["kept"]
+    requested, tokens = float(sums["requested"]), float(sums["tokens"])
     mean_load = float(kept.mean())
     out = {
         "tokens_per_expert": [int(c) for c in kept.tolist()],
         "max_mean_load": float(kept.max()) / mean_load if mean_load else 0.0,
         "dropped_frac": 1.0 - float(kept.sum()) / requested if requested else 0.0,
-        "router_entropy": entropy / tokens if tokens else 0.0,  # nats; uniform routing = ln(E)
-        "router_entropy_norm": entropy / tokens / math.log(num_experts) if tokens and num_experts > 1 else 0.0,
-        "aux_loss": aux_sum / aux_count if aux_count else 0.0,
     }
-    for name, total in zip(("z_loss", "seq_aux_loss"), loss_sums):
-        out[name] = total / aux_count if aux_count else 0.0
+    if "entropy" in sums:
+        entropy, experts = float(sums["entropy"]), kept.numel()
+        out["router_entropy"] = entropy / tokens if tokens else 0.0  # nats; uniform routing = ln(E)
+        out["router_entropy_norm"] = entropy / tokens / math.log(experts) if tokens and experts > 1 else 0.0
+    forwards = float(sums["losses"]) if "losses" in sums else 0.0
+    for name in LOSS_NAMES:
+        if name in sums:
+            out[name] = float(sums[name]) / forwards if forwards else 0.0
     return out
+
+
+class RouterStats:
+    """The named sums of one native MoE layer, filled by a forward hook on its gate and by `record_losses`."""
+
+    def __init__(self, gate: torch.nn.Module, num_experts: int, top_k: int):
+        self.num_experts, self.top_k = num_experts, top_k
+        self.enabled = True
+        self.sums = zero_sums(num_experts)
+        gate.register_forward_hook(self._on_gate)
+
+    def reset(self) -> None:
+        for value in self.sums.values():
+            value.zero_()
+
+    def _move_to(self, device: torch.device) -> None:
+        if self.sums["kept"].device != device:
+            self.sums = {k: v.to(device) for k, v in self.sums.items()}
+
+    @torch.no_grad()
+    def _on_gate(self, gate, inputs, output) -> None:
+        if not (self.enabled and gate.training) or is_recomputing():
+            return
+        x = inputs[0].reshape(-1, inputs[0].shape[-1])  # (S, d)
+        logits = getattr(gate, "last_logits", None)  # RouterGate keeps this forward's logits
+        if logits is None or logits.shape[0] != x.shape[0]:
+            logits = F.linear(x.float(), gate.wg.weight.float())
+        self._move_to(x.device)
+        s = self.sums
+        s["kept"] += kept_per_expert(output, self.num_experts)
+        s["entropy"] += entropy_sum(logits)
+        s["tokens"] += x.shape[0]
+        s["requested"] += x.shape[0] * self.top_k
+
+    def record_losses(self, losses, training: bool) -> None:
+        """losses: a RouterLosses (balance, z, seq_aux) of one forward; recorded for training forwards only, once
+        (an activation-checkpointing recompute is skipped, as in the gate hook)."""
+        if self.enabled and training and not is_recomputing():
+            self._move_to(losses.balance.device)
+            s = self.sums
+            s["aux_loss"] += losses.balance.detach()
+            s["z_loss"] += losses.z.detach()
+            s["seq_aux_loss"] += losses.seq_aux.detach()
+            s["losses"] += 1
+
+
+class GPTRouterTelemetry:
+    """Router telemetry of our GPT: every MoE layer of the config by index, the ones this rank holds from their
+    RouterStats, the others (on another pipeline stage) as zeros, so every rank reduces the same named tensors."""
+
+    def __init__(self, config, local: dict[int, RouterStats], enabled: bool = True):
+        self.config, self.local = config, local
+        for stats in local.values():
+            stats.enabled = enabled
+        self.enabled = enabled
+
+    def record(self, output) -> None:
+        """Nothing to do: the gate hooks record during the forward."""
+
+    def paused(self):
+        return nullcontext()  # the hooks count training forwards only
+
+    def sums(self) -> dict[int, dict[str, torch.Tensor]]:
+        """{MoE layer index: its named sums} for every MoE layer of the model."""
+        if not self.enabled:
+            return {}
+        return {
+            layer: self.local[layer].sums if layer in self.local else zero_sums(self.config.experts_in_layer(layer))
+            for layer in self.config.moe_layer_ids()
+        }
+
+    def reset(self) -> None:
+        for stats in self.local.values():
+            stats.reset()

@@ -4,13 +4,14 @@ Resolves the recipe and ds_config exactly as the launcher does (for N CUDA ranks
 prints params, FLOPs per token and per-rank memory by component, whether it fits, and the micro-batch that does.
 Exit code 0 = fits, 1 = does not fit, 2 = bad input.
 """
+
 from __future__ import annotations
 
 import argparse
 import sys
 
-from moe.config import ConfigError, load_ds_config, load_recipe, resolve, split_overrides
-from moe.plan.fit import cpu_budget, gpu_budget, make_plan, parse_bytes
+from moe.config import ConfigError, load_resolved
+from moe.plan.budget import cpu_budget, gpu_budget, make_plan, parse_bytes
 from moe.plan.report import format_plan
 
 
@@ -28,15 +29,14 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
-        recipe_overrides, ds_overrides = split_overrides(args.overrides)
-        resolved = resolve(load_recipe(args.recipe, recipe_overrides), load_ds_config(args.ds_config, ds_overrides),
-                           args.gpus, args.ds_config, cuda=not args.cpu)
+        resolved = load_resolved(args.recipe, args.ds_config, args.overrides, args.gpus, cuda=not args.cpu)
         if args.cpu:
             budget = parse_bytes(args.gpu_mem) if args.gpu_mem else cpu_budget(args.gpus)
         elif args.gpu_mem:
             budget = parse_bytes(args.gpu_mem)
         else:
             import torch
+
             if not torch.cuda.is_available():
                 raise ConfigError("no GPU here to read its memory from: pass --gpu-mem (e.g. 80GB), or --cpu")
             budget = gpu_budget()

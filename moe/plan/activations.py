@@ -15,6 +15,7 @@ widths. These are not checked tensor by tensor.
 Checkpointing (every block boundary): a block keeps its input only; one block's activations are rebuilt at a
 time during backward. With train.recompute=mlp only the MLP interiors (4 x ff wide per row) are dropped and rebuilt.
 """
+
 from __future__ import annotations
 
 import math
@@ -45,8 +46,9 @@ class Activations:
     @property
     def checkpointed(self) -> float:
         """Peak with checkpointing at every block: block inputs, one block rebuilt, the head and loss backward."""
-        return len(self.per_layer) * self.layer_input + max(self.per_layer, default=0.0) + self.full - sum(
-            self.per_layer)
+        return (
+            len(self.per_layer) * self.layer_input + max(self.per_layer, default=0.0) + self.full - sum(self.per_layer)
+        )
 
     @property
     def mlp_checkpointed(self) -> float:
@@ -97,8 +99,7 @@ def gpt_activations(config, micro_batch: int, seq_len: int, dtype_bytes: int) ->
             interiors.append(N * 4 * config.d_ff * a)
         per_layer.append(attention + mlp)
     head, workspace = _head(N, T, d, config.vocab_size, a)
-    return Activations(tuple(per_layer), buffers, head, workspace, layer_input=N * d * a,
-                       mlp_interior=tuple(interiors))
+    return Activations(tuple(per_layer), buffers, head, workspace, layer_input=N * d * a, mlp_interior=tuple(interiors))
 
 
 def _deepspeed_moe_mlp(config, num_experts: int, N: int, a: int) -> tuple[float, float, float]:
@@ -116,7 +117,8 @@ def _deepspeed_moe_mlp(config, num_experts: int, N: int, a: int) -> tuple[float,
 
 def hf_activations(config, micro_batch: int, seq_len: int, dtype_bytes: int) -> Activations:
     """An HF family under AutoEP (dropless: k · tokens expert rows per rank on average), approximate."""
-    from moe.cost import hf_experts, hf_moe_layer_ids
+    from moe.model.cost import hf_experts, hf_moe_layer_ids
+
     N, T, d, a = micro_batch * seq_len, seq_len, config.hidden_size, dtype_bytes
     heads = config.num_attention_heads
     if config.model_type == "deepseek_v3":  # latent attention: q and k of nope+rope width, v of v_head_dim
@@ -124,8 +126,9 @@ def hf_activations(config, micro_batch: int, seq_len: int, dtype_bytes: int) -> 
         attention = _attention(N, d, q, q, heads * config.v_head_dim, heads, a) + N * config.kv_lora_rank * 2 * a
     else:
         head_dim = getattr(config, "head_dim", None) or d // heads
-        attention = _attention(N, d, heads * head_dim, config.num_key_value_heads * head_dim, heads * head_dim,
-                               heads, a)
+        attention = _attention(
+            N, d, heads * head_dim, config.num_key_value_heads * head_dim, heads * head_dim, heads, a
+        )
     num_experts, expert_ff = hf_experts(config)
     shared_ff = expert_ff * (getattr(config, "n_shared_experts", None) or 0)
     rows = config.num_experts_per_tok * N  # dropless grouped GEMM: exactly the routes, gathered from all EP ranks
@@ -135,12 +138,17 @@ def hf_activations(config, micro_batch: int, seq_len: int, dtype_bytes: int) -> 
         if layer in moe_layers:
             expert_rows = rows * ((d + 4 * expert_ff) * a + INT64)
             buffers += expert_rows
-            mlp = (_norm(N, d, a) + N * (d * FP32 + num_experts * 3 * FP32) + expert_rows
-                   + N * config.num_experts_per_tok * (d * a + FP32)
-                   + (N * (d + 4 * shared_ff) * a if shared_ff else 0))
+            mlp = (
+                _norm(N, d, a)
+                + N * (d * FP32 + num_experts * 3 * FP32)
+                + expert_rows
+                + N * config.num_experts_per_tok * (d * a + FP32)
+                + (N * (d + 4 * shared_ff) * a if shared_ff else 0)
+            )
         else:
             mlp = _dense_mlp(N, d, config.intermediate_size, a)
         per_layer.append(attention + mlp)
     head, workspace = _head(N, T, d, config.vocab_size, a)
-    return Activations(tuple(per_layer), buffers, head, workspace + N * config.vocab_size * FP32 * (a < FP32),
-                       layer_input=N * d * a)
+    return Activations(
+        tuple(per_layer), buffers, head, workspace + N * config.vocab_size * FP32 * (a < FP32), layer_input=N * d * a
+    )

@@ -1,9 +1,10 @@
 """How a resolved run is laid out over ranks: the facts the memory model needs, read from the ds_config."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from moe.config.pipeline import pipeline_stages
+from moe.config.pipeline_parallel import pipeline_stages
 
 BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
 # DeepSpeed's defaults when the ds_config leaves them out (deepspeed/runtime/zero/config.py)
@@ -45,12 +46,20 @@ def layout_of(resolved) -> Layout:
     stages = pipeline_stages(ds)
     offload_opt = (zero.get("offload_optimizer") or {}).get("device", "none") in ("cpu", "nvme")
     offload_param = (zero.get("offload_param") or {}).get("device", "none") in ("cpu", "nvme")
-    return Layout(world_size=resolved.world_size, stages=stages, dp=resolved.dp_size,
-                  ep=recipe.moe.ep_size if recipe.moe.enabled else 1, zero_stage=int(zero.get("stage", 0) or 0),
-                  precision=recipe.train.precision, offload_optimizer=offload_opt, offload_params=offload_param,
-                  reduce_bucket=int(zero.get("reduce_bucket_size", DEFAULT_REDUCE_BUCKET)),
-                  prefetch_bucket=int(zero.get("stage3_prefetch_bucket_size", DEFAULT_PREFETCH_BUCKET)),
-                  fused_adam=not ds["optimizer"]["params"].get("torch_adam", False),
-                  micro_batch=recipe.train.micro_batch_size, seq_len=recipe.data.seq_len,
-                  activation_checkpointing=ds.get("activation_checkpointing") is not None,
-                  recompute=recipe.train.recompute)
+    return Layout(
+        world_size=resolved.world_size,
+        stages=stages,
+        dp=resolved.dp_size,
+        ep=recipe.moe.ep_size if recipe.moe.enabled else 1,
+        zero_stage=int(zero.get("stage", 0) or 0),
+        precision=recipe.train.precision,
+        offload_optimizer=offload_opt,
+        offload_params=offload_param,
+        reduce_bucket=int(zero.get("reduce_bucket_size", DEFAULT_REDUCE_BUCKET)),
+        prefetch_bucket=int(zero.get("stage3_prefetch_bucket_size", DEFAULT_PREFETCH_BUCKET)),
+        fused_adam=not ds["optimizer"]["params"].get("torch_adam", False),
+        micro_batch=recipe.train.micro_batch_size,
+        seq_len=recipe.data.seq_len,
+        activation_checkpointing=ds.get("activation_checkpointing") is not None,
+        recompute=recipe.train.recompute,
+    )

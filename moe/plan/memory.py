@@ -18,8 +18,9 @@ ZeRO 1/2 still clone an fp32 master partition (stage_1_and_2.py clones it whatev
 
 Peak = model states + the larger of (activations of one micro-batch) and (gradients + the optimizer step's
 temporary: torch's AdamW builds one partition-sized denominator, FusedAdam none). Excluded: the process itself
-(interpreter, libraries, CUDA context), which the budget keeps a margin for (moe/plan/fit.py).
+(interpreter, libraries, CUDA context), which the budget keeps a margin for (moe/plan/budget.py).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ FP32 = 4
 @dataclass(frozen=True)
 class Memory:
     """Bytes per rank (device), and what offload moves to host memory per rank."""
+
     params: float
     grads: float  # param grads, gradient partitions and fp32 copies, reduction bucket
     master_params: float  # fp32 master partition (ZeRO 1/2/3, bf16 ZeRO-0)
@@ -58,8 +60,9 @@ class Memory:
     def peak(self) -> float:
         return self.model_states + max(self.activation_peak, self.grads + self.step_workspace)
 
-    def with_checkpointing(self, on: bool = True) -> "Memory":
+    def with_checkpointing(self, on: bool = True) -> Memory:
         from dataclasses import replace
+
         return replace(self, checkpointing=on)
 
 

@@ -1,7 +1,8 @@
 """The planner's printout: params, FLOPs, per-rank memory by component, the verdict."""
+
 from __future__ import annotations
 
-from moe.plan.fit import Plan
+from moe.plan.budget import Plan
 
 GB = 1e9
 

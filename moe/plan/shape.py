@@ -1,11 +1,12 @@
-"""The model a resolved recipe builds, without building it: its cost (moe/cost.py) and activation model."""
+"""The model a resolved recipe builds, without building it: its cost (moe/model/cost.py) and activation model."""
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import Callable
 
-from moe.cost import ModelCost, hf_model_cost, model_cost
+from moe.model.cost import ModelCost, hf_model_cost, model_cost
 from moe.plan.activations import Activations, gpt_activations, hf_activations
 
 
@@ -23,6 +24,7 @@ def vocab_size(recipe) -> int:
     size = recipe.data.vocab_size
     if recipe.data.tokenizer != "bpe":
         from transformers import AutoTokenizer
+
         size = len(AutoTokenizer.from_pretrained(recipe.data.tokenizer))
     return (size + 63) // 64 * 64
 
@@ -30,7 +32,8 @@ def vocab_size(recipe) -> int:
 def model_shape(recipe, dtype_bytes: int) -> ModelShape:
     seq_len, vocab = recipe.data.seq_len, vocab_size(recipe)
     if recipe.moe.impl == "autoep":
-        from moe.model.hf_families import build_hf_config
+        from moe.model.hf.families import build_hf_config
+
         config = build_hf_config(recipe, vocab)
         cost = hf_model_cost(config, seq_len)
         activations = partial(_hf, config, seq_len, dtype_bytes)
@@ -53,6 +56,7 @@ class GptShape:
 
     Why not MoEGPTConfig itself: it subclasses transformers' PretrainedConfig, whose import alone takes seconds,
     and preflight runs this before every launch. tests/plan/test_planner.py checks both agree on every recipe."""
+
     vocab_size: int
     d_model: int
     n_layers: int
@@ -70,14 +74,26 @@ class GptShape:
     tie_word_embeddings: bool
 
     @classmethod
-    def of(cls, recipe, vocab: int) -> "GptShape":
+    def of(cls, recipe, vocab: int) -> GptShape:
         m, e = recipe.model, recipe.moe
         d_ff = m.d_ff or ((8 * m.d_model // 3) + 63) // 64 * 64  # configuration.default_d_ff
-        return cls(vocab_size=m.vocab_size or vocab, d_model=m.d_model, n_layers=m.n_layers, n_heads=m.n_heads,
-                   n_kv_heads=m.n_kv_heads or m.n_heads, d_ff=d_ff, expert_d_ff=e.expert_d_ff or d_ff,
-                   moe_enabled=e.enabled, num_experts=e.num_experts, num_experts_per_tok=e.top_k,
-                   moe_interval=e.interval, capacity_factor=e.capacity_factor, min_capacity=e.min_capacity,
-                   use_residual=e.use_residual, tie_word_embeddings=m.tie_embeddings)
+        return cls(
+            vocab_size=m.vocab_size or vocab,
+            d_model=m.d_model,
+            n_layers=m.n_layers,
+            n_heads=m.n_heads,
+            n_kv_heads=m.n_kv_heads or m.n_heads,
+            d_ff=d_ff,
+            expert_d_ff=e.expert_d_ff or d_ff,
+            moe_enabled=e.enabled,
+            num_experts=e.num_experts,
+            num_experts_per_tok=e.top_k,
+            moe_interval=e.interval,
+            capacity_factor=e.capacity_factor,
+            min_capacity=e.min_capacity,
+            use_residual=e.use_residual,
+            tie_word_embeddings=m.tie_embeddings,
+        )
 
     def is_moe_layer(self, layer_idx: int) -> bool:
         return self.moe_enabled and (layer_idx + 1) % self.moe_interval == 0
@@ -91,7 +107,8 @@ class GptShape:
 def _is_moe(config, layer: int) -> bool:
     if hasattr(config, "is_moe_layer"):
         return config.is_moe_layer(layer)
-    from moe.cost import hf_moe_layer_ids
+    from moe.model.cost import hf_moe_layer_ids
+
     return layer in hf_moe_layer_ids(config)
 
 

@@ -7,6 +7,7 @@ its measured throughput exactly (step = compute / MFU + communication, solved fo
 predicted with that same MFU, and its relative error is the simulator's error on that cluster. Both directions
 are printed; the cluster YAML keeps the MFU fitted on the first run.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,10 +37,16 @@ class Measured:
 # Megatron-DeepSpeed's examples_deepspeed/MoE scripts.
 PAPER = "DeepSpeed-MoE Table 3"
 DSMOE_TABLE3 = (
-    Measured("6.7B dense", "recipes/scaling/dsmoe_6.7b_dense.yaml", "ds_configs/zero1_bf16.json", (), 128, 70.0,
-             PAPER),
-    Measured("1.3B+MoE-128", "recipes/scaling/dsmoe_1.3b_moe128.yaml", "ds_configs/zero1_bf16.json",
-             ("ds.train_micro_batch_size_per_gpu=4",), 128, 372.0, PAPER),
+    Measured("6.7B dense", "recipes/scaling/dsmoe_6.7b_dense.yaml", "ds_configs/zero1_bf16.json", (), 128, 70.0, PAPER),
+    Measured(
+        "1.3B+MoE-128",
+        "recipes/scaling/dsmoe_1.3b_moe128.yaml",
+        "ds_configs/zero1_bf16.json",
+        ("ds.train_micro_batch_size_per_gpu=4",),
+        128,
+        372.0,
+        PAPER,
+    ),
 )
 
 
@@ -49,8 +56,17 @@ def cpu_runs() -> tuple[Measured, ...]:
     for name in ("default", "tiny"):
         path = REPO / "benchmarks" / "results" / f"throughput_{name}_cpu2.json"
         r = json.loads(path.read_text())
-        runs.append(Measured(f"{name} recipe", r["recipe"], r["ds_config"], tuple(r["overrides"]), r["ranks"],
-                             r["tokens_per_s"] / r["seq_len"], str(path.relative_to(REPO))))
+        runs.append(
+            Measured(
+                f"{name} recipe",
+                r["recipe"],
+                r["ds_config"],
+                tuple(r["overrides"]),
+                r["ranks"],
+                r["tokens_per_s"] / r["seq_len"],
+                str(path.relative_to(REPO)),
+            )
+        )
     return tuple(runs)
 
 
@@ -61,15 +77,18 @@ def fit_mfu(run: Measured, cluster_path: str | Path) -> float:
     measured_step = at_peak.global_batch / run.samples_per_s
     not_compute = at_peak.step_s - at_peak.compute_s - at_peak.bubble_s
     if measured_step <= not_compute:
-        raise ValueError(f"{run.name}: the modelled communication alone ({not_compute:.3f} s) exceeds the measured "
-                         f"step ({measured_step:.3f} s)")
+        raise ValueError(
+            f"{run.name}: the modelled communication alone ({not_compute:.3f} s) exceeds the measured "
+            f"step ({measured_step:.3f} s)"
+        )
     return (at_peak.compute_s + at_peak.bubble_s) / (measured_step - not_compute)
 
 
 def predict(run: Measured, cluster_path: str | Path, mfu: float) -> float:
     """Predicted samples/s of `run` at `mfu`."""
-    (estimate,) = simulate(REPO / run.recipe, REPO / run.ds_config, list(run.overrides), load_cluster(cluster_path),
-                           [run.gpus], mfu=mfu)
+    (estimate,) = simulate(
+        REPO / run.recipe, REPO / run.ds_config, list(run.overrides), load_cluster(cluster_path), [run.gpus], mfu=mfu
+    )
     return estimate.samples_per_s
 
 
@@ -105,8 +124,10 @@ def main(argv: list[str] | None = None) -> None:
     print("|---|---|---|---|---|---|---|")
     for label, runs, cluster in sets:
         for c in calibrate(runs, REPO / cluster):
-            print(f"| {label} ({cluster}) | {c.fitted_on} | {c.mfu:.4f} | {c.checked_on} | {c.measured:,.1f} | "
-                  f"{c.predicted:,.1f} | {c.error:+.1%} |")
+            print(
+                f"| {label} ({cluster}) | {c.fitted_on} | {c.mfu:.4f} | {c.checked_on} | {c.measured:,.1f} | "
+                f"{c.predicted:,.1f} | {c.error:+.1%} |"
+            )
 
 
 if __name__ == "__main__":

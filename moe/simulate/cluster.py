@@ -7,10 +7,11 @@
     inter_node_GBps: 25                   # per GPU, one direction (its share of the node's NICs)
     intra_node_latency_us: 5
     inter_node_latency_us: 10
-    mfu: 0.2                              # achieved fraction of the peak on the model FLOPs (moe/cost.py)
+    mfu: 0.2                              # achieved fraction of the peak on the model FLOPs (moe/model/cost.py)
 
 Unknown keys and wrong types are errors, as in a recipe.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -27,8 +28,8 @@ class Cluster:
     name: str
     gpus_per_node: int
     peak_tflops: dict = field(default_factory=dict)  # precision -> dense peak TFLOP/s per GPU
-    intra_node_GBps: float = 0.0
-    inter_node_GBps: float = 0.0
+    intra_node_GBps: float = 0.0  # noqa: N815 (the cluster YAML's key)
+    inter_node_GBps: float = 0.0  # noqa: N815
     intra_node_latency_us: float = 0.0
     inter_node_latency_us: float = 0.0
     mfu: float = 0.0
@@ -36,8 +37,10 @@ class Cluster:
 
     def peak_flops(self, precision: str) -> float:
         if precision not in self.peak_tflops:
-            raise ConfigError(f"cluster {self.name} has no peak_tflops for {precision}; it lists "
-                              f"{', '.join(self.peak_tflops) or 'none'}")
+            raise ConfigError(
+                f"cluster {self.name} has no peak_tflops for {precision}; it lists "
+                f"{', '.join(self.peak_tflops) or 'none'}"
+            )
         return self.peak_tflops[precision] * 1e12
 
     def bandwidth(self, inter_node: bool) -> float:
@@ -53,11 +56,14 @@ def load_cluster(path: str | Path) -> Cluster:
     if not path.is_file():
         raise ConfigError(f"cluster file not found: {path}")
     raw = yaml.safe_load(path.read_text()) or {}
-    missing = [k for k in ("name", "gpus_per_node", "peak_tflops", "intra_node_GBps", "inter_node_GBps", "mfu")
-               if k not in raw]
+    missing = [
+        k for k in ("name", "gpus_per_node", "peak_tflops", "intra_node_GBps", "inter_node_GBps", "mfu") if k not in raw
+    ]
     if missing:
-        raise ConfigError(f"{path}: missing key '{missing[0]}' (a cluster needs name, gpus_per_node, peak_tflops, "
-                          f"intra_node_GBps, inter_node_GBps, mfu)")
+        raise ConfigError(
+            f"{path}: missing key '{missing[0]}' (a cluster needs name, gpus_per_node, peak_tflops, "
+            f"intra_node_GBps, inter_node_GBps, mfu)"
+        )
     c = from_dict(Cluster, raw, where=str(path))
     if c.gpus_per_node < 1 or c.intra_node_GBps <= 0 or c.inter_node_GBps <= 0:
         raise ConfigError(f"{path}: gpus_per_node, intra_node_GBps and inter_node_GBps must be positive")

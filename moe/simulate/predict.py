@@ -1,17 +1,24 @@
 """One step estimate per GPU count for a recipe + ds_config, through the same resolve step a launch runs."""
+
 from __future__ import annotations
 
 from pathlib import Path
 
 from moe.config import ConfigError, load_ds_config, load_recipe, resolve, split_overrides
-from moe.config.pipeline import pipeline_stages
+from moe.config.pipeline_parallel import pipeline_stages
 from moe.simulate.cluster import Cluster
-from moe.simulate.layout import expert_parallel_size
-from moe.simulate.step import StepEstimate, estimate_step
+from moe.simulate.gpu_counts import expert_parallel_size
+from moe.simulate.step_time import StepEstimate, estimate_step
 
 
-def simulate(recipe_path: str | Path, ds_config_path: str | Path, overrides: list[str], cluster: Cluster,
-             gpu_counts: list[int], mfu: float | None = None) -> list[StepEstimate]:
+def simulate(
+    recipe_path: str | Path,
+    ds_config_path: str | Path,
+    overrides: list[str],
+    cluster: Cluster,
+    gpu_counts: list[int],
+    mfu: float | None = None,
+) -> list[StepEstimate]:
     """One estimate per GPU count, each through the same resolve step a real launch runs (so a combination that
     cannot run is the same one-line ConfigError)."""
     recipe_overrides, ds_overrides = split_overrides(overrides)

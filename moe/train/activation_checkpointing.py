@@ -13,6 +13,7 @@ backward pass. moe/config/memory_saving.py refuses the options that need tensor 
   Attention, the router, dispatch and the all-to-alls are not recomputed: about one MLP forward of extra FLOPs
   (~1/3 of the MLP's forward + backward) and no extra communication.
 """
+
 from __future__ import annotations
 
 from functools import partial
@@ -31,7 +32,7 @@ def enable_activation_checkpointing(model, ds_config: dict, recompute: str = "bl
         model._set_gradient_checkpointing(enable=True, gradient_checkpointing_func=deepspeed.checkpointing.checkpoint)
         return True
     # mlp: torch's non-reentrant checkpoint. The interiors hold no randomness, so DeepSpeed's RNG-tracking wrapper
-    # buys nothing, and nothing inside them has side effects to keep from repeating (moe/model/replay.py).
+    # buys nothing, and nothing inside them has side effects to keep from repeating (moe/model/recompute.py).
     for block in model.layers:
         target = block.mlp.moe.deepspeed_moe.experts if block.is_moe else block.mlp
         target.forward = partial(torch.utils.checkpoint.checkpoint, target.forward, use_reentrant=False)

@@ -10,18 +10,16 @@ checkpointing; its keys are DeepSpeed's CompileConfig).
   `torch.compiler.disable`: attention, the norms, the residual adds and the dense MLPs fuse; routing, dispatch and
   the experts run as DeepSpeed wrote them. The blocks share one code object, so one compiled graph serves them all.
 """
+
 from __future__ import annotations
 
 import torch
 
 
-def compile_model(engine, impl: str, ds_config: dict) -> list[str]:
-    """Compile what the ds_config asks for; returns the compiled regions' names ([] when it has no section)."""
+def compile_gpt_blocks(engine, ds_config: dict) -> list[str]:
+    """Our GPT: compile each block around its MoE layer; returns the regions' names ([] without a section)."""
     if ds_config.get("compile") is None:
         return []
-    if impl == "autoep":
-        engine.compile(compile_kwargs={"dynamic": False})
-        return list(getattr(engine, "_compiled_regions", []))
     regions = []
     for i, block in enumerate(engine.module.layers):
         if block.is_moe:
@@ -29,3 +27,11 @@ def compile_model(engine, impl: str, ds_config: dict) -> list[str]:
         block.compile(dynamic=False)
         regions.append(f"layers.{i}")
     return regions
+
+
+def compile_autoep(engine, ds_config: dict) -> list[str]:
+    """AutoEP: DeepSpeed's own regional compile; returns the regions' names ([] without a section)."""
+    if ds_config.get("compile") is None:
+        return []
+    engine.compile(compile_kwargs={"dynamic": False})
+    return list(getattr(engine, "_compiled_regions", []))

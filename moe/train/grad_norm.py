@@ -9,6 +9,7 @@ ZeRO-1/2 and the bf16 optimizer already reduce expert norms over the right group
 The replacement uses DeepSpeed's own helpers: dense gradients counted once, each expert group's gradients summed
 over its expert-parallel group, which is the norm of the whole model as if it sat on one rank.
 """
+
 from __future__ import annotations
 
 from collections import defaultdict
@@ -45,8 +46,9 @@ def install_expert_aware_clipping(engine) -> None:
     def clip_fp32_gradients() -> None:
         params = [p for p in engine.module.parameters() if p.grad is not None]
         norm = expert_aware_global_norm(params)
-        clip_tensors_by_global_norm([p.grad for p in params], max_norm=engine.gradient_clipping(),
-                                    global_norm=norm.to(params[0].grad.device))
+        clip_tensors_by_global_norm(
+            [p.grad for p in params], max_norm=engine.gradient_clipping(), global_norm=norm.to(params[0].grad.device)
+        )
         engine._global_grad_norm = float(norm)
 
     # Called from DeepSpeedEngine._take_model_step when gradient_clipping > 0 on this path.

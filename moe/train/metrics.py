@@ -1,4 +1,5 @@
 """Step metrics: runs/<run_name>/metrics.jsonl always, W&B on rank 0 when enabled."""
+
 from __future__ import annotations
 
 import json
@@ -19,17 +20,25 @@ class MetricsLog:
     def __init__(self, run_dir: Path, resolved_config: dict, recipe, wandb_id: str | None, resume_step: int = 0):
         self.path = run_dir / "metrics.jsonl"
         if resume_step and self.path.is_file():  # drop lines past the checkpoint we resume from
-            kept = [l for l in self.path.read_text().splitlines() if json.loads(l)["step"] <= resume_step]
-            self.path.write_text("".join(l + "\n" for l in kept))
+            lines = self.path.read_text().splitlines()
+            self.path.write_text("".join(line + "\n" for line in lines if json.loads(line)["step"] <= resume_step))
         elif not resume_step:
             self.path.write_text("")
         self.wandb_run = None
         log = recipe.logging
         if log.wandb:
             import wandb
-            self.wandb_run = wandb.init(project=log.wandb_project, name=log.run_name, group=log.wandb_group,
-                                        id=wandb_id, resume="allow", dir=str(run_dir), config=resolved_config,
-                                        mode=wandb_mode())
+
+            self.wandb_run = wandb.init(
+                project=log.wandb_project,
+                name=log.run_name,
+                group=log.wandb_group,
+                id=wandb_id,
+                resume="allow",
+                dir=str(run_dir),
+                config=resolved_config,
+                mode=wandb_mode(),
+            )
 
     @property
     def wandb_id(self) -> str | None:
@@ -40,10 +49,16 @@ class MetricsLog:
             f.write(json.dumps(record) + "\n")
         if self.wandb_run:
             import wandb
+
             # Lists (tokens per expert) become a histogram over the expert index.
-            self.wandb_run.log({k: wandb.Histogram(np_histogram=(v, list(range(len(v) + 1))))
-                                if isinstance(v, list) else v for k, v in record.items() if k != "step"},
-                               step=record["step"])
+            self.wandb_run.log(
+                {
+                    k: wandb.Histogram(np_histogram=(v, list(range(len(v) + 1)))) if isinstance(v, list) else v
+                    for k, v in record.items()
+                    if k != "step"
+                },
+                step=record["step"],
+            )
 
     def close(self) -> None:
         if self.wandb_run:

@@ -1,10 +1,14 @@
 """Stepping a DeepSpeed PipelineEngine: one `train_batch` is a whole optimizer step (all micro-batches), one
 `eval_batch` a whole validation pass. The data, the losses reported and the router telemetry are those of the
 non-pipeline run at the same data-parallel layout, so Trainer's metrics keep their keys and meaning.
+`PipelineSteps` has the interface of moe/train/accumulate.py's MicroBatchSteps.
 """
+
 from __future__ import annotations
 
 import torch
+
+from moe.train.grad_norm import expert_aware_global_norm
 
 
 def micro_batches(batches, first_sample: int, count: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -33,6 +37,20 @@ def validation_loss(engine, val_batches, count: int) -> float:
     return float(engine.eval_batch(data, num_micro_batches=count))
 
 
+class PipelineSteps:
+    """Steps and validation passes of a PipelineEngine (our GPT as a GPTPipe)."""
+
+    def __init__(self, engine, spec, telemetry, recipe):
+        self.engine = engine
+        install_pipeline_clipping(engine)
+
+    def train(self, batches, first_sample: int, accum: int) -> tuple[float, float, float]:
+        return train_batch(self.engine, batches, first_sample, accum)
+
+    def validation_loss(self, val_batches, count: int) -> float:
+        return validation_loss(self.engine, val_batches, count)
+
+
 def install_pipeline_clipping(engine) -> None:
     """Clip by the gradient norm of the whole model, summed over the pipeline stages (fp32, ZeRO 0 or 1)."""
     if engine.zero_optimization_stage() == 1:
@@ -50,6 +68,7 @@ def _install_zero1_stage_sum(optimizer) -> None:
     stage-0 group i would be added to stage-1 group i of another kind. Here the per-group all-reduce is skipped
     (model_parallel_group None: DeepSpeed's marker for 'no model parallelism') and the stages' totals are added."""
     import deepspeed.comm as dist
+
     stage_group, per_stage_norm = optimizer.model_parallel_group, optimizer.scaled_global_norm
 
     def scaled_global_norm(norm_type: int = 2) -> torch.Tensor:
@@ -76,8 +95,6 @@ def _install_zero0_clipping(engine) -> None:
     summed over the stages of its pipeline."""
     import deepspeed.comm as dist
     from deepspeed.runtime.utils import clip_tensors_by_global_norm
-
-    from moe.train.grad_norm import expert_aware_global_norm
 
     def clip_fp32_gradients() -> None:
         params = [p for p in engine.module.parameters() if p.grad is not None]

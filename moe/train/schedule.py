@@ -4,6 +4,7 @@ Not DeepSpeed's WarmupCosineLR: that one runs the first two optimizer steps at l
 iteration -1 and its linear warmup ratio at iteration 0 is 0). Here step 0 already trains at lr/warmup.
 DeepSpeed still saves and restores this scheduler's state with every checkpoint.
 """
+
 from __future__ import annotations
 
 import math
@@ -21,5 +22,9 @@ def warmup_cosine(step: int, warmup: int, total: int, min_ratio: float) -> float
 
 
 def build_scheduler(optimizer, train_cfg) -> LambdaLR:
-    return LambdaLR(optimizer, partial(warmup_cosine, warmup=train_cfg.warmup_steps, total=train_cfg.max_steps,
-                                       min_ratio=train_cfg.min_lr_ratio))
+    return LambdaLR(
+        optimizer,
+        partial(
+            warmup_cosine, warmup=train_cfg.warmup_steps, total=train_cfg.max_steps, min_ratio=train_cfg.min_lr_ratio
+        ),
+    )

@@ -1,27 +1,28 @@
 """Every JSON in ds_configs/ is run by a named test, or refused by one with its documented error. A new JSON without
 an entry here fails this test; an entry whose test no longer names the JSON fails too."""
+
 import pytest
 
 from tests.helpers import REPO
 
 # ds_config -> the test module that runs it for at least 2 steps (or, where this machine cannot, refuses it)
 COVERED_BY = {
-    "zero0.json": "tests/distributed/layouts_worker.py",
-    "zero1.json": "tests/distributed/layouts_worker.py",
-    "zero2.json": "tests/distributed/layouts_worker.py",
-    "zero3.json": "tests/distributed/layouts_worker.py",  # dense; AutoEP in tests/distributed/autoep_layouts_worker.py
-    "zero0_bf16.json": "tests/distributed/reshard_worker.py",
-    "zero1_bf16.json": "tests/distributed/layouts_worker.py",
-    "zero1_bf16_compile.json": "tests/e2e/test_compile.py",  # in fp32 on CPU; bf16 in benchmarks/gpu_mfu.py
-    "zero2_bf16.json": "tests/distributed/reshard_worker.py",
-    "zero3_bf16.json": "tests/distributed/layouts_worker.py",
-    "zero1_accum4.json": "tests/distributed/layouts_worker.py",
-    "zero1_activation_ckpt.json": "tests/distributed/layouts_worker.py",
-    "zero2_offload.json": "tests/distributed/layouts_worker.py",
-    "zero1_fp16.json": "tests/gpu/test_precision_gpu.py",  # CPU: refused in tests/config/test_memory_saving.py
-    "zero3_offload_nvme.json": "tests/distributed/test_nvme_offload.py",  # refused without libaio: test_memory_saving
-    "elastic.json": "tests/e2e/test_elastic_and_compressed.py",
-    "pipeline2.json": "tests/distributed/pipeline_worker.py",
+    "zero0.json": "tests/train/test_layouts.py",
+    "zero1.json": "tests/train/test_layouts.py",
+    "zero2.json": "tests/train/test_layouts.py",
+    "zero3.json": "tests/train/test_layouts.py",  # dense; AutoEP in tests/train/test_autoep.py
+    "zero0_bf16.json": "tests/checkpoint/test_reshard.py",
+    "zero1_bf16.json": "tests/train/test_layouts.py",
+    "zero1_bf16_compile.json": "tests/train/test_compile.py",  # in fp32 on CPU; bf16 in benchmarks/gpu_mfu.py
+    "zero2_bf16.json": "tests/checkpoint/test_reshard.py",
+    "zero3_bf16.json": "tests/train/test_layouts.py",
+    "zero1_accum4.json": "tests/train/test_layouts.py",
+    "zero1_activation_ckpt.json": "tests/train/test_layouts.py",
+    "zero2_offload.json": "tests/train/test_layouts.py",
+    "zero1_fp16.json": "tests/train/test_precision_gpu.py",  # CPU: refused in tests/config/test_memory_saving.py
+    "zero3_offload_nvme.json": "tests/train/test_nvme_offload.py",  # refused without libaio: test_environment.py
+    "elastic.json": "tests/launch/test_elastic_and_compressed.py",
+    "pipeline2.json": "tests/parallel/test_pipeline.py",
 }
 
 

@@ -1,4 +1,5 @@
 """The ds_config `elasticity` section (moe/config/elastic.py): one global batch over a range of world sizes."""
+
 import pytest
 
 from moe.config import ConfigError, load_ds_config, load_recipe, resolve
@@ -34,18 +35,26 @@ def test_the_recipe_sees_the_elastic_micro_batch_and_accumulation():
     assert (r.recipe.train.micro_batch_size, r.recipe.train.grad_accum) == (4, 2)
 
 
-@pytest.mark.parametrize("world_size, recipe_overrides, ds_overrides, message", [
-    (3, [], [], "world size 3 is not valid for the elastic batch 16 of elastic.json; valid GPU counts: 1, 2, 4, 8"),
-    (16, [], [], "valid GPU counts: 1, 2, 4, 8"),
-    (2, ["train.micro_batch_size=4"], [], "train.micro_batch_size=4 in the recipe, but elastic.json enables elasticity"),
-    (2, ["train.grad_accum=2"], [], "set it in one place (remove train.grad_accum)"),
-    (2, [], ["gradient_accumulation_steps=2"], "gradient_accumulation_steps is set beside an enabled 'elasticity'"),
-    (2, [], ["elasticity.max_gpu=8"], "unknown key 'elasticity.max_gpu'"),
-    (2, [], ["elasticity.version=0.2"], "elasticity.version=0.2 is not supported; use 0.1"),
-    (2, [], ["elasticity.micro_batch_sizes=[32]"], "micro_batch_sizes [32] exceed max_train_batch_size=16"),
-    (2, [], ["elasticity.min_gpus=9"], "needs 1 <= min_gpus <= max_gpus"),
-    (2, [], ["pipeline.stages=2"], "elasticity (version 0.1) does not support pipeline parallelism"),
-])
+@pytest.mark.parametrize(
+    "world_size, recipe_overrides, ds_overrides, message",
+    [
+        (3, [], [], "world size 3 is not valid for the elastic batch 16 of elastic.json; valid GPU counts: 1, 2, 4, 8"),
+        (16, [], [], "valid GPU counts: 1, 2, 4, 8"),
+        (
+            2,
+            ["train.micro_batch_size=4"],
+            [],
+            "train.micro_batch_size=4 in the recipe, but elastic.json enables elasticity",
+        ),
+        (2, ["train.grad_accum=2"], [], "set it in one place (remove train.grad_accum)"),
+        (2, [], ["gradient_accumulation_steps=2"], "gradient_accumulation_steps is set beside an enabled 'elasticity'"),
+        (2, [], ["elasticity.max_gpu=8"], "unknown key 'elasticity.max_gpu'"),
+        (2, [], ["elasticity.version=0.2"], "elasticity.version=0.2 is not supported; use 0.1"),
+        (2, [], ["elasticity.micro_batch_sizes=[32]"], "micro_batch_sizes [32] exceed max_train_batch_size=16"),
+        (2, [], ["elasticity.min_gpus=9"], "needs 1 <= min_gpus <= max_gpus"),
+        (2, [], ["pipeline.stages=2"], "elasticity (version 0.1) does not support pipeline parallelism"),
+    ],
+)
 def test_refusals_name_the_fix(world_size, recipe_overrides, ds_overrides, message):
     with pytest.raises(ConfigError) as e:
         _resolve(world_size, recipe_overrides, ds_overrides)
@@ -53,9 +62,19 @@ def test_refusals_name_the_fix(world_size, recipe_overrides, ds_overrides, messa
 
 
 def test_ignore_non_elastic_batch_info_drops_the_ds_config_batch():
-    ds = _resolve(2, ds_overrides=["train_micro_batch_size_per_gpu=8", "train_batch_size=99",
-                                   "elasticity.ignore_non_elastic_batch_info=true"]).ds_config
-    assert (ds["train_micro_batch_size_per_gpu"], ds["gradient_accumulation_steps"], ds["train_batch_size"]) == (4, 2, 16)
+    ds = _resolve(
+        2,
+        ds_overrides=[
+            "train_micro_batch_size_per_gpu=8",
+            "train_batch_size=99",
+            "elasticity.ignore_non_elastic_batch_info=true",
+        ],
+    ).ds_config
+    assert (ds["train_micro_batch_size_per_gpu"], ds["gradient_accumulation_steps"], ds["train_batch_size"]) == (
+        4,
+        2,
+        16,
+    )
 
 
 def test_a_disabled_section_is_dropped_and_the_usual_batch_applies():

@@ -20,20 +20,31 @@ def test_unknown_section_is_an_error():
         from_dict(Recipe, {"trainer": {}}, where="x")
 
 
-@pytest.mark.parametrize("override, expected", [
-    ("moe.num_experts=eight", "'moe.num_experts' must be int or a list of int, got str"),
-    ("moe.drop_tokens=1", "'moe.drop_tokens' must be bool, got int"),
-    ("data.files=a.txt", "'data.files' must be a list"),
-    ("moe=3", "'moe' must be a mapping"),
-])
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("moe.num_experts=eight", "'moe.num_experts' must be int or a list of int, got str"),
+        ("moe.drop_tokens=1", "'moe.drop_tokens' must be bool, got int"),
+        ("data.files=a.txt", "'data.files' must be a list"),
+        ("moe=3", "'moe' must be a mapping"),
+    ],
+)
 def test_wrong_types_are_errors(override, expected):
     with pytest.raises(ConfigError, match=expected):
         load_recipe(None, [override])
 
 
 def test_overrides_parse_as_yaml_and_coerce_numbers():
-    r = load_recipe(REPO / "recipes/default.yaml", ["moe.num_experts=16", "optim.lr=1e-3", "model.norm_eps=1",
-                                                    "moe.noisy_gate_policy=Jitter", "train.grad_clip=null"])
+    r = load_recipe(
+        REPO / "recipes/default.yaml",
+        [
+            "moe.num_experts=16",
+            "optim.lr=1e-3",
+            "model.norm_eps=1",
+            "moe.noisy_gate_policy=Jitter",
+            "train.grad_clip=null",
+        ],
+    )
     assert r.moe.num_experts == 16 and r.optim.lr == 1e-3 and isinstance(r.model.norm_eps, float)
     assert r.moe.noisy_gate_policy == "Jitter" and r.train.grad_clip is None
 

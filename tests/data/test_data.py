@@ -18,17 +18,22 @@ def small_tokenizer():
     return train_bpe(TEXTS, vocab_size=300)
 
 
-def test_stdlib_corpus_is_real_text_and_deterministic():
-    docs = stdlib_documents()
+@pytest.fixture(scope="module")
+def stdlib_corpus():
+    return stdlib_documents()
+
+
+def test_stdlib_corpus_is_real_text_and_deterministic(stdlib_corpus):
+    docs = stdlib_corpus
     ids = [d["doc_id"] for d in docs]
     assert len(docs) > 1000 and len(set(ids)) == len(ids)
     assert any(i.startswith("pydoc_data/") for i in ids) and any("#doc" in i for i in ids)
     assert not any("site-packages" in i or "/test/" in i for i in ids)
-    assert ids == [d["doc_id"] for d in stdlib_documents()]
+    assert ids[:1000] == [d["doc_id"] for d in stdlib_documents(1000)]  # built again, a cap is the same prefix
 
 
-def test_split_is_deterministic_disjoint_and_keeps_docstrings_with_their_module():
-    ds = datasets.Dataset.from_list(stdlib_documents(3000))
+def test_split_is_deterministic_disjoint_and_keeps_docstrings_with_their_module(stdlib_corpus):
+    ds = datasets.Dataset.from_list(stdlib_corpus[:3000])
     train, val = split_documents(ds, 0.1)
     train_ids, val_ids = set(train["doc_id"]), set(val["doc_id"])
     assert not train_ids & val_ids and len(train_ids) + len(val_ids) == len(ds)
@@ -82,8 +87,14 @@ def test_local_files_feed_the_same_pipeline(tmp_path, suffix):
         datasets.Dataset.from_dict({"text": docs}).to_parquet(str(path))
     else:
         path.write_text(docs[0])
-    cfg = DataConfig(source="files", files=[str(path)], seq_len=32, vocab_size=300, val_fraction=0.2,
-                     cache_dir=str(tmp_path / "cache"))
+    cfg = DataConfig(
+        source="files",
+        files=[str(path)],
+        seq_len=32,
+        vocab_size=300,
+        val_fraction=0.2,
+        cache_dir=str(tmp_path / "cache"),
+    )
     assert len(load_documents(cfg)) == (1 if suffix == ".txt" else 60)
     if suffix == ".txt":
         return
@@ -98,7 +109,14 @@ def test_local_hf_dataset_folder(tmp_path):
     folder = tmp_path / "ds"
     folder.mkdir()
     (folder / "train.jsonl").write_text("".join(json.dumps({"body": f"text {i} " * 30}) + "\n" for i in range(40)))
-    cfg = DataConfig(source="hf", name=str(folder), text_field="body", seq_len=16, vocab_size=300,
-                     val_fraction=0.2, cache_dir=str(tmp_path / "cache"))
+    cfg = DataConfig(
+        source="hf",
+        name=str(folder),
+        text_field="body",
+        seq_len=16,
+        vocab_size=300,
+        val_fraction=0.2,
+        cache_dir=str(tmp_path / "cache"),
+    )
     data = prepare_data(cfg)
     assert len(data.train) > len(data.val) > 0

@@ -1,18 +1,26 @@
-"""Parameter and FLOP accounting in moe/cost.py against the real model."""
+"""Parameter and FLOP accounting in moe/model/cost.py against the real model."""
+
 import pytest
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from moe.cost import model_cost
 from moe.model import build_model
+from moe.model.cost import model_cost
 from tests.model.test_model import tiny_config
 
 
-@pytest.mark.parametrize("kw", [
-    {}, {"moe_enabled": False}, {"num_experts_per_tok": 1}, {"use_residual": True},
-    {"tie_word_embeddings": True}, {"n_kv_heads": 2, "moe_interval": 1, "expert_d_ff": 48},
-])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {},
+        {"moe_enabled": False},
+        {"num_experts_per_tok": 1},
+        {"use_residual": True},
+        {"tie_word_embeddings": True},
+        {"n_kv_heads": 2, "moe_interval": 1, "expert_d_ff": 48},
+    ],
+)
 def test_total_params_match_the_built_model(kw):
     config = tiny_config(**kw)
     model = build_model(config, seed=0)
@@ -55,15 +63,40 @@ def test_train_flops_per_token_against_a_hand_count():
 
 HF_FAMILIES = [
     ("MixtralConfig", "MixtralForCausalLM", {"num_local_experts": 4, "num_key_value_heads": 2}),
-    ("Qwen3MoeConfig", "Qwen3MoeForCausalLM", {"num_experts": 4, "decoder_sparse_step": 2,
-                                             "moe_intermediate_size": 48}),
-    ("DeepseekV3Config", "DeepseekV3ForCausalLM", {"n_routed_experts": 4, "q_lora_rank": None, "kv_lora_rank": 16,
-                                                   "qk_nope_head_dim": 16, "qk_rope_head_dim": 8, "v_head_dim": 16,
-                                                   "first_k_dense_replace": 1, "moe_intermediate_size": 48}),
-    ("DeepseekV3Config", "DeepseekV3ForCausalLM", {"n_routed_experts": 4, "q_lora_rank": 32, "kv_lora_rank": 16,
-                                                   "qk_nope_head_dim": 16, "qk_rope_head_dim": 8, "v_head_dim": 16,
-                                                   "first_k_dense_replace": 1, "moe_intermediate_size": 48,
-                                                   "n_shared_experts": 2}),
+    (
+        "Qwen3MoeConfig",
+        "Qwen3MoeForCausalLM",
+        {"num_experts": 4, "decoder_sparse_step": 2, "moe_intermediate_size": 48},
+    ),
+    (
+        "DeepseekV3Config",
+        "DeepseekV3ForCausalLM",
+        {
+            "n_routed_experts": 4,
+            "q_lora_rank": None,
+            "kv_lora_rank": 16,
+            "qk_nope_head_dim": 16,
+            "qk_rope_head_dim": 8,
+            "v_head_dim": 16,
+            "first_k_dense_replace": 1,
+            "moe_intermediate_size": 48,
+        },
+    ),
+    (
+        "DeepseekV3Config",
+        "DeepseekV3ForCausalLM",
+        {
+            "n_routed_experts": 4,
+            "q_lora_rank": 32,
+            "kv_lora_rank": 16,
+            "qk_nope_head_dim": 16,
+            "qk_rope_head_dim": 8,
+            "v_head_dim": 16,
+            "first_k_dense_replace": 1,
+            "moe_intermediate_size": 48,
+            "n_shared_experts": 2,
+        },
+    ),
 ]
 
 
@@ -71,10 +104,17 @@ HF_FAMILIES = [
 def test_hf_family_params_match_the_stock_model(config_class, model_class, kw):
     import transformers
 
-    from moe.cost import hf_model_cost
-    config = getattr(transformers, config_class)(vocab_size=100, hidden_size=64, num_hidden_layers=3,
-                                                 num_attention_heads=4, intermediate_size=96, num_experts_per_tok=2,
-                                                 **kw)
+    from moe.model.cost import hf_model_cost
+
+    config = getattr(transformers, config_class)(
+        vocab_size=100,
+        hidden_size=64,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        intermediate_size=96,
+        num_experts_per_tok=2,
+        **kw,
+    )
     with torch.device("meta"):
         model = getattr(transformers, model_class)(config)
     params = dict(model.named_parameters())

@@ -9,6 +9,7 @@ How each path weights a token's k experts, and the reference it is held to:
   HF eager Qwen3-MoE block           the same as AutoEP on that config
 The layers come from benchmarks/moe_layer_impls.py, the builders benchmarks/moe_layer.py times.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -34,8 +35,10 @@ TOL = dict(rtol=1e-5, atol=5e-6)  # fp32; the router gradient sums over every to
 
 def loop_reference(w: MoEWeights, x: torch.Tensor, k: int, normalize: bool | None) -> torch.Tensor:
     """reference_moe with expert e = down[e] @ (silu(gate[e] x) * up[e] x); gradients land on w's tensors."""
-    experts = [lambda t, e=e: F.linear(F.silu(F.linear(t, w.gate[e])) * F.linear(t, w.up[e]), w.down[e])
-               for e in range(w.router.shape[0])]
+    experts = [
+        lambda t, e=e: F.linear(F.silu(F.linear(t, w.gate[e])) * F.linear(t, w.up[e]), w.down[e])
+        for e in range(w.router.shape[0])
+    ]
     return reference_moe(x, w.router, experts, k, normalize=normalize)
 
 
@@ -51,7 +54,7 @@ def assert_matches_reference(layer, read, k: int, normalize: bool | None, seed: 
     ref.backward(grad_out)
     torch.testing.assert_close(x.grad, x_ref.grad, **TOL)
     for name, grad in read(layer, GRAD).tensors().items():
-        torch.testing.assert_close(grad, getattr(w_ref, name).grad, **TOL, msg=lambda m: f"{name} grad: {m}")
+        torch.testing.assert_close(grad, getattr(w_ref, name).grad, **TOL, msg=lambda m, name=name: f"{name} grad: {m}")
 
 
 @pytest.mark.parametrize("k", [1, 2, 3])
@@ -72,8 +75,9 @@ def test_autoep_runs_the_grouped_gemm_path_here():
 @pytest.mark.parametrize("use_grouped_mm", [True, False], ids=["grouped_mm", "loop_fallback"])
 @pytest.mark.parametrize("k", [1, 2, 3])
 def test_autoep_mixtral_preset_renormalizes_at_every_k(k, use_grouped_mm):
-    layer = autoep_grouped(random_weights(D_MODEL, D_FF, EXPERTS, seed=10 + k), k, family="mixtral",
-                           use_grouped_mm=use_grouped_mm).train()
+    layer = autoep_grouped(
+        random_weights(D_MODEL, D_FF, EXPERTS, seed=10 + k), k, family="mixtral", use_grouped_mm=use_grouped_mm
+    ).train()
     assert layer.router.route_norm
     assert_matches_reference(layer, read_autoep, k, normalize=True)
 

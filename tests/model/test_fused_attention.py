@@ -1,6 +1,7 @@
 """Attention runs on SDPA's fused flash kernel, never on its unfused math fallback: forcing the flash backend (which
 raises when it cannot serve a call) runs our attention forward and backward, with grouped-query heads, in fp32 and
-bf16 on CPU; tests/gpu/test_fused_attention_gpu.py does the same on CUDA. AutoEP's HF families use SDPA too."""
+bf16 on CPU; tests/model/test_fused_attention_gpu.py does the same on CUDA. AutoEP's HF families use SDPA too."""
+
 import pytest
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -8,8 +9,14 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from moe.model.layers import CausalSelfAttention, RotaryEmbedding
 
 
-def attention_step(device: str, dtype: torch.dtype, d_model: int = 256, heads: int = 4, kv_heads: int = 2,
-                   backend: SDPBackend | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def attention_step(
+    device: str,
+    dtype: torch.dtype,
+    d_model: int = 256,
+    heads: int = 4,
+    kv_heads: int = 2,
+    backend: SDPBackend | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(output, input grad) of one forward + backward, under `backend` only (None: SDPA's own choice)."""
     torch.manual_seed(0)
     attn = CausalSelfAttention(d_model, heads, kv_heads).to(device, dtype)
@@ -32,7 +39,8 @@ def test_our_attention_runs_on_the_flash_kernel_on_cpu(dtype):
 
 def test_autoep_families_use_sdpa():
     from moe.config import load_recipe
-    from moe.model.hf_families import build_hf_model
+    from moe.model.hf.families import build_hf_model
+
     for family in ("mixtral", "qwen3_moe", "deepseek_v3"):
         overrides = [f"model.family={family}"] + (["moe.aux_loss_coef=0"] if family == "deepseek_v3" else [])
         model = build_hf_model(load_recipe("recipes/autoep.yaml", overrides), 512, 0)

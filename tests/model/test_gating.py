@@ -4,6 +4,7 @@ Tiny fixed logits (4-16 tokens, 3-4 experts): combine weights, dispatch mask, dr
 capacity formula capacity = max(ceil(tokens / E * capacity_factor * k'), min_capacity), where k' = 1 for top-1,
 2 for top-2 and k for top-k (sharded_moe._capacity with capacity_factor * 2 or * k).
 """
+
 import math
 
 import pytest
@@ -17,7 +18,7 @@ def sigmoid(z: float) -> float:
 
 def test_top1_weights_are_the_raw_probability_and_capacity_drops_the_overflow():
     # 6 tokens, 3 experts; first choices 0, 0, 0, 1, 0, 2. capacity = max(ceil(6 / 3 * 1.0), 0) = 2.
-    logits = torch.tensor([[2., 0, 0], [2., 0, 0], [2., 0, 0], [0., 1, 0], [2., 0, 0], [0., 0, 3]])
+    logits = torch.tensor([[2.0, 0, 0], [2.0, 0, 0], [2.0, 0, 0], [0.0, 1, 0], [2.0, 0, 0], [0.0, 0, 3]])
     l_aux, combine, dispatch, counts = top1gating(logits, capacity_factor=1.0, min_capacity=0, use_rts=False)
     assert combine.shape == (6, 3, 2)
     assert counts.tolist() == [4, 1, 1]  # routes requested, before the capacity limit
@@ -40,9 +41,10 @@ def test_top1_weights_are_the_raw_probability_and_capacity_drops_the_overflow():
 def test_top2_renormalizes_over_the_kept_pair_and_drops_by_position():
     # 4 tokens, 3 experts; every first choice is expert 0. capacity = ceil(4 / 3 * 1.0 * 2) = 3, so token 3's
     # first route (slot 3) is dropped; second choices 1, 1, 2, 1 fit (slots after expert 1's first routes: none).
-    logits = torch.tensor([[3., 1, 0], [3., 1, 0], [3., 0, 1], [3., 1, 0]])
-    l_aux, combine, dispatch, counts = top2gating(logits.clone(), capacity_factor=1.0, min_capacity=0,
-                                                  top2_2nd_expert_sampling=False)
+    logits = torch.tensor([[3.0, 1, 0], [3.0, 1, 0], [3.0, 0, 1], [3.0, 1, 0]])
+    l_aux, combine, dispatch, counts = top2gating(
+        logits.clone(), capacity_factor=1.0, min_capacity=0, top2_2nd_expert_sampling=False
+    )
     assert combine.shape == (4, 3, 3) and counts.tolist() == [4, 3, 1]
     first, second = sigmoid(2.0), sigmoid(-2.0)  # e^3 / (e^3 + e^1) and e^1 / (e^3 + e^1)
     expected = torch.zeros(4, 3, 3)
@@ -54,13 +56,13 @@ def test_top2_renormalizes_over_the_kept_pair_and_drops_by_position():
     assert torch.equal(dispatch, expected > 0)
     # top-2 l_aux: E^2 * mean_e(mean_prob_e * first-choice fraction_e)
     me = torch.softmax(logits, dim=1).mean(0)
-    assert float(l_aux) == pytest.approx(float(9 * (me * torch.tensor([1., 0, 0])).mean()), rel=1e-6)
+    assert float(l_aux) == pytest.approx(float(9 * (me * torch.tensor([1.0, 0, 0])).mean()), rel=1e-6)
 
 
 def test_top3_renormalizes_over_three_and_drops_the_lowest_probability_route():
     # 5 tokens, 4 experts, k=3; every token ranks expert 0 first. capacity = ceil(5 / 4 * 1.0 * 3) = 4, so expert 0
     # keeps its 4 highest-probability tokens ("probs" policy): token 4, whose expert-0 logit is lowest, loses it.
-    logits = torch.tensor([[4., 2, 1, 0], [4., 1, 2, 0], [4., 2, 0, 1], [4., 0, 1, 2], [2.5, 2, 1, 0]])
+    logits = torch.tensor([[4.0, 2, 1, 0], [4.0, 1, 2, 0], [4.0, 2, 0, 1], [4.0, 0, 1, 2], [2.5, 2, 1, 0]])
     l_aux, combine, dispatch, counts = topkgating(logits, k=3, capacity_factor=1.0, min_capacity=0)
     assert combine.shape[2] == 4
     assert counts.tolist() == [5, 4, 4, 2]
@@ -71,8 +73,9 @@ def test_top3_renormalizes_over_three_and_drops_the_lowest_probability_route():
     torch.testing.assert_close(combine[0].sum(dim=1)[:3], token0)
     token4 = p[4, 1:3] / p[4, 1:3].sum()  # renormalized over the two routes it kept
     torch.testing.assert_close(combine[4].sum(dim=1), torch.cat([torch.zeros(1), token4, torch.zeros(1)]))
-    assert float(l_aux) == pytest.approx(float((p.mean(0) * torch.tensor([5., 4, 4, 2]) / 5).mean() * 16 / 3),
-                                         rel=1e-6)
+    assert float(l_aux) == pytest.approx(
+        float((p.mean(0) * torch.tensor([5.0, 4, 4, 2]) / 5).mean() * 16 / 3), rel=1e-6
+    )
 
 
 def collapsed_logits(tokens: int, experts: int) -> torch.Tensor:
@@ -84,18 +87,28 @@ def capacity_formula(tokens: int, experts: int, capacity_factor: float, k: int, 
     return max(math.ceil(tokens / experts * capacity_factor * k), min_capacity)
 
 
-@pytest.mark.parametrize("k, tokens, experts, capacity_factor, min_capacity", [
-    (1, 16, 4, 1.0, 0), (1, 6, 4, 1.5, 0), (1, 6, 4, 1.0, 4), (1, 8, 4, 0.5, 1),
-    (2, 6, 4, 1.0, 0), (2, 6, 4, 1.25, 0), (2, 4, 4, 0.5, 3),
-    (3, 10, 8, 1.0, 0), (3, 6, 4, 0.5, 0),
-])
+@pytest.mark.parametrize(
+    "k, tokens, experts, capacity_factor, min_capacity",
+    [
+        (1, 16, 4, 1.0, 0),
+        (1, 6, 4, 1.5, 0),
+        (1, 6, 4, 1.0, 4),
+        (1, 8, 4, 0.5, 1),
+        (2, 6, 4, 1.0, 0),
+        (2, 6, 4, 1.25, 0),
+        (2, 4, 4, 0.5, 3),
+        (3, 10, 8, 1.0, 0),
+        (3, 6, 4, 0.5, 0),
+    ],
+)
 def test_capacity_and_drop_counts_follow_deepspeeds_formula(k, tokens, experts, capacity_factor, min_capacity):
     logits = collapsed_logits(tokens, experts)
     if k == 1:
         out = top1gating(logits, capacity_factor, min_capacity, use_rts=False, sparse_routes=True)
     elif k == 2:
-        out = top2gating(logits.clone(), capacity_factor, min_capacity, top2_2nd_expert_sampling=False,
-                         sparse_routes=True)
+        out = top2gating(
+            logits.clone(), capacity_factor, min_capacity, top2_2nd_expert_sampling=False, sparse_routes=True
+        )
     else:
         out = topkgating(logits, k, capacity_factor, min_capacity, sparse_routes=True)
     capacity = capacity_formula(tokens, experts, capacity_factor, k, min_capacity)
@@ -109,10 +122,11 @@ def test_capacity_and_drop_counts_follow_deepspeeds_formula(k, tokens, experts, 
 
 def test_dropless_capacity_is_the_busiest_expert_and_nothing_drops():
     logits = collapsed_logits(6, 4)
-    for k, out in [(1, top1gating(logits, 1.0, 0, drop_tokens=False, use_rts=False, sparse_routes=True)),
-                   (2, top2gating(logits.clone(), 1.0, 0, drop_tokens=False, top2_2nd_expert_sampling=False,
-                                  sparse_routes=True)),
-                   (3, topkgating(logits, 3, 1.0, 0, drop_tokens=False, sparse_routes=True))]:
+    for k, out in [
+        (1, top1gating(logits, 1.0, 0, drop_tokens=False, use_rts=False, sparse_routes=True)),
+        (2, top2gating(logits.clone(), 1.0, 0, drop_tokens=False, top2_2nd_expert_sampling=False, sparse_routes=True)),
+        (3, topkgating(logits, 3, 1.0, 0, drop_tokens=False, sparse_routes=True)),
+    ]:
         assert int(out[1]) == 6, k  # all 6 tokens chose expert 0
         assert int((out[3] < 0).sum()) == 0, k
 

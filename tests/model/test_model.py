@@ -4,14 +4,23 @@ import pytest
 import torch
 
 from moe.model import MoEGPTConfig, MoEGPTForCausalLM, build_model
-from moe.model.build import global_param_name
+from moe.model.global_names import global_param_name
 from moe.model.layers import SwiGLU
 from moe.model.reference import reference_from_layer
 
 
 def tiny_config(**kw) -> MoEGPTConfig:
-    base = dict(vocab_size=97, d_model=32, n_layers=2, n_heads=4, max_seq_len=16, num_experts=4,
-                num_experts_per_tok=2, moe_interval=2, min_capacity=0)
+    base = dict(
+        vocab_size=97,
+        d_model=32,
+        n_layers=2,
+        n_heads=4,
+        max_seq_len=16,
+        num_experts=4,
+        num_experts_per_tok=2,
+        moe_interval=2,
+        min_capacity=0,
+    )
     base.update(kw)
     return MoEGPTConfig(**base)
 
@@ -32,8 +41,9 @@ def test_dense_baseline_has_no_moe_layers():
 
 
 def test_one_expert_moe_equals_the_dense_mlp_with_the_same_weights():
-    moe_model = build_model(tiny_config(num_experts=1, num_experts_per_tok=1, moe_interval=1, drop_tokens=False),
-                            seed=0)
+    moe_model = build_model(
+        tiny_config(num_experts=1, num_experts_per_tok=1, moe_interval=1, drop_tokens=False), seed=0
+    )
     layer = moe_model.layers[0].mlp
     expert = layer.moe.deepspeed_moe.experts.deepspeed_experts[0]
     dense = SwiGLU(32, expert.gate_proj.out_features)

@@ -1,4 +1,5 @@
 """The activation model (moe/plan/activations.py) against the bytes autograd really saves in our GPT."""
+
 import pytest
 import torch
 
@@ -25,10 +26,18 @@ def saved_activation_bytes(model, ids) -> int:
     return sum(seen.values())
 
 
-@pytest.mark.parametrize("kw", [
-    {"moe_enabled": False}, {}, {"num_experts": 8, "num_experts_per_tok": 1}, {"capacity_factor": 2.0},
-    {"num_experts_per_tok": 3}, {"n_kv_heads": 2, "moe_interval": 1}, {"vocab_size": 512},
-])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"moe_enabled": False},
+        {},
+        {"num_experts": 8, "num_experts_per_tok": 1},
+        {"capacity_factor": 2.0},
+        {"num_experts_per_tok": 3},
+        {"n_kv_heads": 2, "moe_interval": 1},
+        {"vocab_size": 512},
+    ],
+)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_saved_bytes_match_autograd(kw, dtype):
     config = tiny_config(**{"min_capacity": 0, **kw})
@@ -63,12 +72,14 @@ def test_checkpointing_keeps_less_and_capacity_buffers_grow_with_the_factor():
 def test_mlp_recompute_saves_what_the_plan_says(kw):
     """train.recompute=mlp: autograd keeps everything but the MLP / expert interiors (checkpoint keeps their input)."""
     from moe.train.activation_checkpointing import enable_activation_checkpointing
+
     config = tiny_config(**{"min_capacity": 0, **kw})
     model = build_model(config, seed=0).train()
     ids = torch.randint(0, config.vocab_size, (B, T))
     full = saved_activation_bytes(model, ids)
-    assert enable_activation_checkpointing(model, {"train_micro_batch_size_per_gpu": B, "activation_checkpointing": {}},
-                                           "mlp")
+    assert enable_activation_checkpointing(
+        model, {"train_micro_batch_size_per_gpu": B, "activation_checkpointing": {}}, "mlp"
+    )
     saved = saved_activation_bytes(model, ids)
     acts = gpt_activations(config, B, T, 4)
     assert saved == pytest.approx(acts.saved - sum(acts.mlp_interior), rel=0.01)

@@ -1,30 +1,31 @@
-"""python -m moe.scaling: L = a·C^-b (+ E) fitted per family of runs (moe/scaling.py)."""
+"""python -m moe.scaling: L = a·C^-b (+ E) fitted per family of runs (moe/scaling/fit.py)."""
+
 import json
 
 import numpy as np
 import pytest
 
-from moe.cost import model_cost
 from moe.model import MoEGPTConfig
-from moe.scaling import Point, PowerLaw, fit_families, fit_power_law, run_points
+from moe.model.cost import model_cost
+from moe.scaling.fit import Point, PowerLaw, fit_families, fit_power_law, run_points
 from tests.helpers import read_metrics, run
 
 COMPUTE = np.geomspace(1e12, 1e19, 9)
 
 
 def test_fit_recovers_a_pure_power_law():
-    law = fit_power_law(COMPUTE, 40.0 * COMPUTE ** -0.07)
+    law = fit_power_law(COMPUTE, 40.0 * COMPUTE**-0.07)
     assert law.a == pytest.approx(40.0, rel=1e-9) and law.b == pytest.approx(0.07, rel=1e-9) and law.e == 0.0
 
 
 def test_fit_recovers_a_power_law_with_irreducible_loss():
-    law = fit_power_law(COMPUTE, 1.7 + 300.0 * COMPUTE ** -0.15, irreducible=True)
+    law = fit_power_law(COMPUTE, 1.7 + 300.0 * COMPUTE**-0.15, irreducible=True)
     assert (law.a, law.b, law.e) == pytest.approx((300.0, 0.15, 1.7), rel=1e-6)
 
 
 def test_fit_is_least_squares_in_log_loss_under_noise():
     rng = np.random.default_rng(0)
-    loss = 40.0 * COMPUTE ** -0.07 * np.exp(rng.normal(0, 0.01, COMPUTE.size))
+    loss = 40.0 * COMPUTE**-0.07 * np.exp(rng.normal(0, 0.01, COMPUTE.size))
     law = fit_power_law(COMPUTE, loss)
     assert law.b == pytest.approx(0.07, rel=0.05)
     worse = PowerLaw(law.a * 1.01, law.b)
@@ -33,8 +34,8 @@ def test_fit_is_least_squares_in_log_loss_under_noise():
 
 
 def test_dense_and_moe_runs_are_fitted_apart():
-    dense = [Point(f"d{i}", "dense", c, 3.0 * c ** -0.05) for i, c in enumerate(COMPUTE[:4])]
-    moe = [Point(f"m{i}", "MoE 8x top-2", c, 2.5 * c ** -0.05) for i, c in enumerate(COMPUTE[:4])]
+    dense = [Point(f"d{i}", "dense", c, 3.0 * c**-0.05) for i, c in enumerate(COMPUTE[:4])]
+    moe = [Point(f"m{i}", "MoE 8x top-2", c, 2.5 * c**-0.05) for i, c in enumerate(COMPUTE[:4])]
     lone = [Point("x", "MoE 4x top-1", 1e15, 3.0)]
     fits = fit_families(dense + moe + lone, irreducible=False)
     assert fits["dense"].a == pytest.approx(3.0) and fits["MoE 8x top-2"].a == pytest.approx(2.5)

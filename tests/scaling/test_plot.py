@@ -1,8 +1,8 @@
-"""python -m moe.plot draws PNGs from a real run's metrics.jsonl (moe/plot.py)."""
-import numpy as np
-import pytest
+"""python -m moe.plot draws PNGs from a real run's metrics.jsonl (moe/scaling/plots.py)."""
 
-from moe.plot import expert_loads, read_metrics
+import numpy as np
+
+from moe.scaling.plots import expert_loads, read_metrics
 from tests.helpers import run
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -26,6 +26,7 @@ def test_plot_cli_writes_loss_throughput_and_expert_load_pngs(sweep_run, tmp_pat
     names = ["loss.png", "throughput.png", "expert_load.png", "router.png"]
     assert proc.stdout.split() == [str(tmp_path / n) for n in names]
     from PIL import Image  # matplotlib's own dependency
+
     for name in names:
         data = (tmp_path / name).read_bytes()
         assert data[:8] == PNG

@@ -1,5 +1,7 @@
-"""launch/sweep.py expands a YAML grid into validated runs and starts them (moe/sweep.py)."""
+"""launch/sweep.py expands a YAML grid into validated runs and starts them (moe/scaling/sweep.py)."""
+
 import os
+import re
 import shlex
 import subprocess
 
@@ -21,7 +23,7 @@ def _commands(stdout: str) -> dict[str, list[str]]:
     """{run name: command} from the '[i/N] name: command' lines of a dry run."""
     out = {}
     for line in stdout.splitlines():
-        if line.startswith("["):
+        if re.match(r"\[\d+/\d+\] ", line):  # not a library's log line, which may start with "[" too
             label, command = line.split(": ", 1)
             out[label.split("] ", 1)[1]] = shlex.split(command)
     return out
@@ -75,10 +77,26 @@ def test_an_array_task_starts_its_run_through_the_slurm_launcher(tmp_path):
     bin_dir.mkdir()
     (bin_dir / "scontrol").write_text("#!/bin/sh\necho node0\n")
     (bin_dir / "scontrol").chmod(0o755)
-    env = {"PATH": f"{bin_dir}:{os.environ['PATH']}", "DRY_RUN": "1", "SLURM_JOB_NODELIST": "node0",
-           "SLURM_NNODES": "1", "SLURM_GPUS_ON_NODE": "2"}
-    proc = run([*SWEEP_CLI, "recipes/scaling/tiny_grid.yaml", "--slurm-task", "4", "--gpus", "2",
-                f"logging.runs_dir={tmp_path / 'runs'}"], timeout=120, **env)
+    env = {
+        "PATH": f"{bin_dir}:{os.environ['PATH']}",
+        "DRY_RUN": "1",
+        "SLURM_JOB_NODELIST": "node0",
+        "SLURM_NNODES": "1",
+        "SLURM_GPUS_ON_NODE": "2",
+    }
+    proc = run(
+        [
+            *SWEEP_CLI,
+            "recipes/scaling/tiny_grid.yaml",
+            "--slurm-task",
+            "4",
+            "--gpus",
+            "2",
+            f"logging.runs_dir={tmp_path / 'runs'}",
+        ],
+        timeout=120,
+        **env,
+    )
     assert proc.returncode == 0, proc.stderr
     (node,) = [line for line in proc.stdout.splitlines() if line.startswith("node ")]
     assert "deepspeed.launcher.launch" in node and "logging.run_name=tiny-scaling-s-moe-k1" in node
@@ -88,14 +106,17 @@ def test_an_array_task_starts_its_run_through_the_slurm_launcher(tmp_path):
 def test_hostfile_runs_get_a_hostfile_of_just_the_nodes_they_need(tmp_path):
     hostfile = tmp_path / "hosts"
     hostfile.write_text("".join(f"node{i} slots=8\n" for i in range(16)))
-    commands = _commands(_dry_run("recipes/scaling/dsmoe_paper_grid.yaml", "--hostfile", str(hostfile), "--out",
-                                  str(tmp_path / "out")))
+    commands = _commands(
+        _dry_run("recipes/scaling/dsmoe_paper_grid.yaml", "--hostfile", str(hostfile), "--out", str(tmp_path / "out"))
+    )
     assert len(commands) == 20
     for name, command in commands.items():
         nodes = 8 if "-g64-" in name else 16
         subset = command[command.index("--hostfile") + 1]
         assert subset == str(tmp_path / "out" / "hostfiles" / f"{nodes}nodes")
-        assert (tmp_path / "out" / "hostfiles" / f"{nodes}nodes").read_text().splitlines()[-1] == f"node{nodes - 1} slots=8"
+        assert (tmp_path / "out" / "hostfiles" / f"{nodes}nodes").read_text().splitlines()[
+            -1
+        ] == f"node{nodes - 1} slots=8"
 
 
 def test_a_bad_grid_point_is_one_line_before_anything_starts(tmp_path):
@@ -105,8 +126,9 @@ def test_a_bad_grid_point_is_one_line_before_anything_starts(tmp_path):
     path.write_text(yaml.safe_dump(grid, sort_keys=False))
     proc = run([*SWEEP_CLI, str(path), f"logging.runs_dir={tmp_path / 'runs'}"], timeout=120)
     assert proc.returncode == 2
-    assert proc.stderr.strip() == ("error: run tiny-scaling-xs-moe-k5: moe.top_k=5 must be between 1 and "
-                                   "moe.num_experts=4")
+    assert proc.stderr.strip() == (
+        "error: run tiny-scaling-xs-moe-k5: moe.top_k=5 must be between 1 and moe.num_experts=4"
+    )
     assert proc.stdout == "" and not (tmp_path / "runs").exists()
 
 

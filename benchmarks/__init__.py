@@ -1,0 +1,1 @@
+"""Measurements (throughput, MoE layer, GPU MFU, A/B speed tests, MoE against dense) and their results/."""

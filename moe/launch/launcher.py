@@ -1,0 +1,136 @@
+"""What `launch/pretrain_moe.sh` does, run either way:
+
+- `bash launch/pretrain_moe.sh [args]`: check everything (preflight), then start DeepSpeed's runner with
+  recipes/pretrain_moe.py on NUM_GPUS ranks per node (NUM_NODES nodes, or a HOSTFILE).
+- `deepspeed launch/pretrain_moe.sh [args]`: the runner already started one Python process per rank on this
+  file; each one runs recipes/pretrain_moe.py. On a machine with no GPU the runner starts a single rank; that
+  rank widens the job to NUM_GPUS ranks (default 2) through the path above, unless NUM_GPUS=1.
+
+Launcher settings come from arguments (--num_gpus, --num_nodes, --hostfile, --master_port, --master_addr) or
+from the environment (NUM_GPUS, NUM_NODES, HOSTFILE, MASTER_PORT, MASTER_ADDR); arguments win.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import runpy
+import sys
+from pathlib import Path
+
+from moe.config import ConfigError
+from moe.config.args import DEFAULT_DS_CONFIG, DEFAULT_RECIPE, parse_trainer_args
+from moe.launch.preflight import preflight
+
+REPO = Path(__file__).resolve().parents[2]  # the checkout this package is installed from (pip install -e .)
+TRAINER = REPO / "recipes" / "pretrain_moe.py"
+RANK_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_SIZE", "CROSS_RANK", "CROSS_SIZE", "MASTER_ADDR")
+CPU_DEFAULT_RANKS = 2
+
+
+def launcher_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    env = os.environ.get
+    p.add_argument("--num_gpus", type=int, default=int(env("NUM_GPUS", 0)) or None)
+    p.add_argument("--num_nodes", type=int, default=int(env("NUM_NODES", 1)))
+    p.add_argument("--hostfile", default=env("HOSTFILE"))
+    p.add_argument("--master_port", type=int, default=int(env("MASTER_PORT", 29500)))
+    p.add_argument("--master_addr", default=env("MASTER_ADDR"))
+    return p
+
+
+def main(argv: list[str]) -> None:
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
+        if _lone_cpu_rank():
+            for key in RANK_ENV:  # this process becomes the launcher of a wider job
+                os.environ.pop(key, None)
+            argv = [a for a in argv if not a.startswith("--local_rank")]
+            return spawn(argv)
+        sys.argv = [str(TRAINER)] + with_defaults(argv)
+        runpy.run_path(str(TRAINER), run_name="__main__")
+        return
+    spawn(argv)
+
+
+def _lone_cpu_rank() -> bool:
+    if os.environ.get("WORLD_SIZE") != "1" or os.environ.get("NUM_GPUS"):
+        return False
+    return not cuda_device_count()
+
+
+# Where a GPU driver shows itself: NVIDIA's kernel module, AMD's ROCm compute device.
+GPU_DRIVER_FILES = ("/proc/driver/nvidia/version", "/dev/kfd")
+
+
+def cuda_device_count() -> int:
+    """torch's count of CUDA (or ROCm) devices, without importing torch (3 s) on a machine with no GPU driver: a bad
+    input on a CPU machine is then refused in about a second."""
+    if not any(Path(f).exists() for f in GPU_DRIVER_FILES):
+        return 0
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def with_defaults(argv: list[str]) -> list[str]:
+    out = list(argv)
+    if not any(a == "--recipe" or a.startswith("--recipe=") for a in argv):
+        out = ["--recipe", DEFAULT_RECIPE] + out
+    if not any(a == "--ds_config" or a.startswith("--ds_config=") for a in argv):
+        out = ["--ds_config", DEFAULT_DS_CONFIG] + out
+    return out
+
+
+def hostfile_slots(path: str) -> list[int]:
+    slots = []
+    for line in Path(path).read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            fields = dict(f.split("=", 1) for f in line.split()[1:] if "=" in f)
+            slots.append(int(fields.get("slots", 1)))
+    return slots
+
+
+def spawn(argv: list[str]) -> None:
+    launch, trainer_argv = launcher_parser().parse_known_args(argv)
+    trainer_argv = with_defaults(trainer_argv)
+    devices = cuda_device_count()
+    cuda = devices > 0
+    gpus = launch.num_gpus or (devices if cuda else CPU_DEFAULT_RANKS)
+    nodes = launch.num_nodes
+    if launch.hostfile:
+        if not Path(launch.hostfile).is_file():
+            _fail(f"hostfile not found: {launch.hostfile}")
+        slots = hostfile_slots(launch.hostfile)[:nodes] if nodes > 1 else hostfile_slots(launch.hostfile)
+        world_size = gpus * len(slots) if launch.num_gpus else sum(slots)
+    else:
+        world_size = gpus * nodes
+
+    try:
+        preflight(parse_trainer_args(trainer_argv), world_size, cuda)
+    except ConfigError as e:
+        _fail(str(e))
+
+    cmd = [sys.executable, "-u", "-m", "deepspeed.launcher.runner", "--master_port", str(launch.master_port)]
+    if launch.hostfile:
+        cmd += ["--hostfile", launch.hostfile]
+        if nodes > 1:
+            cmd += ["--num_nodes", str(nodes)]
+        if launch.num_gpus:
+            cmd += ["--num_gpus", str(gpus)]
+        if launch.master_addr:
+            cmd += ["--master_addr", launch.master_addr]
+    else:
+        if nodes > 1:
+            _fail(f"NUM_NODES={nodes} needs a HOSTFILE listing the nodes")
+        cmd += ["--num_gpus", str(gpus)]
+    if not cuda and "OMP_NUM_THREADS" not in os.environ:  # one core share per CPU rank, not oversubscribed
+        os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // gpus))
+    cmd += [str(TRAINER)] + trainer_argv
+    print(f"launch: {world_size} rank(s): {' '.join(cmd[3:])}", flush=True)
+    os.execv(sys.executable, cmd)
+
+
+def _fail(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    sys.exit(2)

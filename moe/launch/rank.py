@@ -1,0 +1,26 @@
+"""One rank of a training job: join the process group, run the preflight again (every rank sees the same files),
+then train. recipes/pretrain_moe.py calls `main`; start it through launch/pretrain_moe.sh."""
+
+from __future__ import annotations
+
+import sys
+
+import torch
+
+from moe.config import ConfigError
+from moe.config.args import parse_trainer_args
+from moe.launch.preflight import preflight
+from moe.parallel import init_distributed
+from moe.train.trainer import Trainer
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_trainer_args(sys.argv[1:] if argv is None else argv)
+    rank, world_size = init_distributed()
+    try:
+        resolved = preflight(args, world_size, cuda=torch.cuda.is_available())
+    except ConfigError as e:
+        if rank == 0:
+            print(f"error: {e}", file=sys.stderr, flush=True)
+        sys.exit(2)
+    Trainer(resolved, rank, resume=args.resume).fit()

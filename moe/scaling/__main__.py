@@ -1,0 +1,5 @@
+import sys
+
+from moe.scaling.fit import main
+
+sys.exit(main())

@@ -1,0 +1,62 @@
+"""One optimizer step of a plain DeepSpeed engine (forward, backward and step over the step's micro-batches), what
+follows the step (the aux-loss-free routing-bias update), and a validation pass. moe/train/pipeline_step.py is the
+same interface for a PipelineEngine."""
+
+from __future__ import annotations
+
+import torch
+
+from moe.model.gate import RouterGate
+from moe.parallel import all_reduce_mean, all_reduce_sum
+from moe.train.grad_norm import install_expert_aware_clipping
+
+
+def update_routing_biases(module: torch.nn.Module) -> None:
+    """After an optimizer step: move every bias-balanced gate's bias toward equal load over the global batch.
+
+    Loads are summed over all ranks (the data-parallel group; every rank holds every gate) in one all-reduce of
+    sum(E) int64 counts for all MoE layers together, so every rank applies the same update and the biases stay
+    identical. A no-op (and no collective) when no gate balances with a bias.
+    """
+    gates = [m for m in module.modules() if isinstance(m, RouterGate) and m.bias_update_rate > 0]
+    if not gates:
+        return
+    local = torch.cat([gate.selection_counts for gate in gates])  # (sum of E,)
+    counts = all_reduce_sum(local).to(local.device)
+    for gate, load in zip(gates, counts.split([gate.selection_counts.numel() for gate in gates])):
+        gate.update_bias(load)
+
+
+class MicroBatchSteps:
+    """Steps and validation passes of a DeepSpeedEngine, reading losses through the model spec."""
+
+    def __init__(self, engine, spec, telemetry, recipe):
+        self.engine, self.spec, self.telemetry, self.recipe = engine, spec, telemetry, recipe
+        install_expert_aware_clipping(engine)  # ZeRO-0 fp32: DeepSpeed's own averages per-rank norms
+
+    def train(self, batches, first_sample: int, accum: int) -> list[float]:
+        """Forward, backward and step over `accum` micro-batches from stream position `first_sample`;
+        (loss, lm_loss, aux_loss) averaged over them and over all ranks."""
+        engine = self.engine
+        sums = torch.zeros(3, dtype=torch.float64, device=engine.device)  # on device: no host sync per micro-batch
+        for micro in range(accum):
+            ids = batches.at_sample(first_sample + micro * batches.samples_per_micro_step).to(engine.device)  # (B, T)
+            out = engine(ids, labels=ids)
+            engine.backward(out.loss)
+            engine.step()
+            lm_loss, aux_loss = self.spec.loss_parts(out, self.recipe)
+            self.telemetry.record(out)
+            sums += torch.stack([out.loss.detach(), lm_loss.detach(), aux_loss.detach()]).double()
+        update_routing_biases(engine.module)  # aux-loss-free balancing (moe.bias_update_rate), after the step
+        return all_reduce_mean(sums / accum)  # the step's one read of the losses
+
+    @torch.no_grad()
+    def validation_loss(self, val_batches, count: int) -> float:
+        """Mean LM loss over `count` validation micro-batches per rank, averaged over all ranks."""
+        engine, total = self.engine, 0.0
+        with self.telemetry.paused():
+            for i in range(count):
+                ids = val_batches.batch(i).to(engine.device)
+                total += float(self.spec.loss_parts(engine(ids, labels=ids), self.recipe)[0])
+        (loss,) = all_reduce_mean([total / count])
+        return loss

@@ -1,0 +1,27 @@
+"""The run folder rank 0 writes: the resolved config first, then what `moe.export` and generation need besides the
+weights (the tokenizer and the model's HF config), fixed for the whole run.
+
+    runs/<run_name>/recipe.yaml, ds_config.json, tokenizer/, model_config/
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import yaml
+
+from moe.config import Resolved, to_dict
+
+
+def write_resolved_config(resolved: Resolved) -> Path:
+    run_dir = resolved.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "recipe.yaml").write_text(yaml.safe_dump(to_dict(resolved.recipe), sort_keys=False))
+    (run_dir / "ds_config.json").write_text(json.dumps(resolved.ds_config, indent=2) + "\n")
+    return run_dir
+
+
+def write_model_files(run_dir: Path, tokenizer, model_config) -> None:
+    tokenizer.save_pretrained(run_dir / "tokenizer")
+    model_config.save_pretrained(run_dir / "model_config")

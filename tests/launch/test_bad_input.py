@@ -1,0 +1,69 @@
+"""Bad input through the real launcher: one clear line, exit 2, in under 10 s, before any rank, nothing touched."""
+
+import time
+
+import pytest
+
+from tests.helpers import explain, launch_bash, launch_deepspeed, snapshot
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture
+def existing_run(tmp_path):
+    """A run folder from an earlier job, which a bad launch must leave byte-for-byte alone."""
+    run_dir = tmp_path / "runs" / "tiny"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    (run_dir / "metrics.jsonl").write_text('{"step": 1, "loss": 7.0}\n')
+    (run_dir / "recipe.yaml").write_text("model: {}\n")
+    return run_dir
+
+
+def bad_json(tmp_path):
+    path = tmp_path / "broken.json"
+    path.write_text('{"train_micro_batch_size_per_gpu": 8,\n "gradient_clipping": 1.0,}\n')
+    return str(path)
+
+
+CASES = {
+    "unknown recipe key": (["moe.num_expert=8"], {}, ["num_expert", "num_experts"]),
+    "experts not divisible by ep_size": (["moe.num_experts=3"], {}, ["num_experts", "ep_size"]),
+    "world size not divisible by ep_size": ([], {"NUM_GPUS": "3"}, ["3", "ep_size"]),
+    "missing dataset path": (
+        ["data.source=files", "data.files=[/nonexistent/corpus.jsonl]"],
+        {},
+        ["/nonexistent/corpus.jsonl"],
+    ),
+    "ds_config is not JSON": (["--ds_config", "{bad_json}"], {}, ["broken.json", "line 2"]),
+    "micro-batch conflict": (["train.micro_batch_size=4"], {}, ["micro", "4", "8"]),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_bad_input_fails_fast_with_one_line(case, existing_run, tmp_path):
+    args, env, must_mention = CASES[case]
+    args = [bad_json(tmp_path) if a == "{bad_json}" else a for a in args]
+    before = snapshot(existing_run)
+    start = time.monotonic()
+    proc = launch_bash(
+        "--recipe", "recipes/tiny.yaml", f"logging.runs_dir={existing_run.parent}", *args, timeout=60, **env
+    )
+    elapsed = time.monotonic() - start
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), explain(proc)
+    for word in must_mention:
+        assert word in lines[0], f"{word!r} not in: {lines[0]}"
+    assert "launch:" not in proc.stdout  # no rank was started
+    assert elapsed < 10, f"took {elapsed:.1f}s"
+    assert snapshot(existing_run) == before
+
+
+def test_bad_input_under_deepspeed_launcher_stops_before_ranks_spawn(existing_run):
+    before = snapshot(existing_run)
+    proc = launch_deepspeed(
+        "--recipe", "recipes/tiny.yaml", f"logging.runs_dir={existing_run.parent}", "moe.num_experts=3", timeout=60
+    )
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert proc.returncode != 0 and len(errors) == 1 and "num_experts" in errors[0], explain(proc)
+    assert "launch:" not in proc.stdout
+    assert snapshot(existing_run) == before

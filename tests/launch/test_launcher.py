@@ -1,0 +1,134 @@
+"""The real launcher, both ways, on real ranks: `bash launch/pretrain_moe.sh` and `deepspeed launch/pretrain_moe.sh`."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from moe.model import MoEGPTConfig
+from moe.model.cost import model_cost
+from tests.helpers import BASH_RUN_STEPS as STEPS
+from tests.helpers import TINY, explain, launch_bash, read_metrics, snapshot
+
+pytestmark = pytest.mark.e2e
+
+
+def train_records(metrics: list[dict]) -> list[dict]:
+    return [m for m in metrics if "loss" in m]
+
+
+def val_records(metrics: list[dict]) -> list[dict]:
+    return [m for m in metrics if "val_loss" in m]
+
+
+def test_bash_launcher_trains_tiny_recipe_on_two_ranks(bash_run):
+    proc, run_dir = bash_run
+    assert "launch: 2 rank(s)" in proc.stdout
+    train = train_records(read_metrics(run_dir))
+    assert [m["step"] for m in train] == list(range(1, STEPS + 1))
+    base = {
+        "step",
+        "loss",
+        "lm_loss",
+        "aux_loss",
+        "lr",
+        "grad_norm",
+        "tokens_per_s",
+        "step_time_s",
+        "tflops_per_device",
+        "mfu",
+        "rss_gb",
+        "rss_peak_gb",
+    }  # throughput telemetry (moe/train/throughput.py)
+    router = {
+        f"router/layer1/{k}"
+        for k in (
+            "tokens_per_expert",
+            "max_mean_load",
+            "dropped_frac",
+            "router_entropy",
+            "router_entropy_norm",
+            "aux_loss",
+            "z_loss",
+            "seq_aux_loss",
+        )
+    }  # tiny: layer 1 is the MoE one
+    assert set(train[0]) == base | router
+    for m in train:  # 8 sequences x 64 tokens x 2 ranks, top-2: 2048 routes a step, some dropped by capacity
+        kept = sum(m["router/layer1/tokens_per_expert"])
+        assert kept == round((1 - m["router/layer1/dropped_frac"]) * 2048) and 1024 <= kept <= 2048
+        assert 0 < m["router/layer1/router_entropy_norm"] <= 1 and m["router/layer1/max_mean_load"] >= 1
+    assert all(m["grad_norm"] is not None and m["tokens_per_s"] > 0 for m in train)
+    config = MoEGPTConfig.from_pretrained(run_dir / "model_config")
+    flops_per_token = model_cost(config, 64).train_flops_per_token()  # tiny: seq_len 64
+    for m in train:  # achieved TFLOP/s per device from the same tokens/s and the hand-checked FLOPs (test_cost.py)
+        assert m["tflops_per_device"] == pytest.approx(m["tokens_per_s"] * flops_per_token / 2 / 1e12, rel=1e-9)
+        assert 0 < m["mfu"] < 1.5 and 0 < m["rss_gb"] <= m["rss_peak_gb"] * 1.01
+    first, last5 = train[0]["loss"], sum(m["loss"] for m in train[-5:]) / 5
+    assert last5 < 0.92 * first, f"loss did not fall: {first:.3f} -> {last5:.3f}"
+    val = val_records(read_metrics(run_dir))
+    assert [m["step"] for m in val] == [0, 10, 20] and val[-1]["val_loss"] < 0.92 * val[0]["val_loss"]
+
+
+def test_run_folder_holds_resolved_config_and_checkpoints(bash_run):
+    _, run_dir = bash_run
+    ds = json.loads((run_dir / "ds_config.json").read_text())
+    assert ds["train_micro_batch_size_per_gpu"] * 2 == ds["train_batch_size"]  # resolved for 2 ranks
+    assert "moe:" in (run_dir / "recipe.yaml").read_text()
+    ckpt = run_dir / "checkpoints"
+    assert (ckpt / "latest").read_text().strip() == f"global_step{STEPS}"
+    for step in (10, STEPS):
+        files = {p.name for p in (ckpt / f"global_step{step}").iterdir()}
+        assert {"rng_rank0.pt", "rng_rank1.pt", "recipe.yaml", "ds_config.json", "version.json", "COMPLETE"} <= files
+        assert any(name.startswith("layer_") and "expert_" in name for name in files), files  # per-expert files
+    version = json.loads((ckpt / "global_step10" / "version.json").read_text())
+    assert version["deepspeed"] == "0.19.8" and "git_commit" in version
+    assert (run_dir / "tokenizer" / "tokenizer.json").is_file() and (run_dir / "model_config" / "config.json").is_file()
+
+
+def test_sigkill_mid_save_keeps_previous_checkpoint_and_resume_matches(bash_run, tmp_path):
+    _, full_run = bash_run
+    run_dir = tmp_path / "tiny"
+    every5_keep2 = (*TINY, f"logging.runs_dir={tmp_path}", "train.save_interval=5", "train.keep_checkpoints=2")
+    # Rank 0 SIGKILLs itself at step 15 after every rank wrote its files, before the checkpoint is committed.
+    proc = launch_bash(*every5_keep2, MOE_FAULT_SIGKILL_DURING_SAVE="15")
+    assert proc.returncode != 0, explain(proc)
+    ckpt = run_dir / "checkpoints"
+    assert (ckpt / "global_step15").is_dir() and not (ckpt / "global_step15" / "COMPLETE").exists()
+    assert {p.name for p in ckpt.glob("global_step*")} == {"global_step5", "global_step10", "global_step15"}
+    assert (ckpt / "latest").read_text() == "global_step10"
+
+    proc = launch_bash(*every5_keep2, "--resume")
+    assert proc.returncode == 0, explain(proc)
+    assert "resumed from global_step10" in proc.stdout + proc.stderr
+    resumed, reference = train_records(read_metrics(run_dir)), train_records(read_metrics(full_run))
+    assert [m["step"] for m in resumed] == list(range(1, STEPS + 1))  # steps 1-10 kept once, 11-20 re-run
+    # --resume restores model, optimizer, LR schedule, data position and every rank's RNG: bit-exact
+    assert [(m["step"], m["loss"], m["lr"]) for m in resumed] == [(m["step"], m["loss"], m["lr"]) for m in reference]
+    assert {p.name for p in ckpt.glob("global_step*")} == {"global_step15", "global_step20"}  # keep 2
+    assert (ckpt / "latest").read_text() == "global_step20"
+
+
+def test_rerun_without_resume_refuses_and_keeps_the_run(bash_run):
+    _, run_dir = bash_run
+    before = snapshot(run_dir)
+    proc = launch_bash(*TINY, f"logging.runs_dir={run_dir.parent}")
+    assert proc.returncode == 2 and "--resume" in proc.stderr, explain(proc)
+    assert snapshot(run_dir) == before
+
+
+def test_deepspeed_launcher_matches_bash_launcher_and_logs_wandb_offline(bash_run, deepspeed_run):
+    (_, bash_dir), (proc, run_dir) = bash_run, deepspeed_run
+    assert "launch: 2 rank(s)" in proc.stdout  # the runner's single CPU rank widened the job to 2 ranks
+    got, want = train_records(read_metrics(run_dir)), train_records(read_metrics(bash_dir))
+    assert [m["loss"] for m in got] == pytest.approx([m["loss"] for m in want], rel=1e-6)
+    offline = list((run_dir / "wandb").glob("offline-run-*"))
+    assert len(offline) == 1, "expected one offline W&B run"
+    records = next(offline[0].glob("run-*.wandb")).read_bytes()  # W&B's own log of config and history records
+    for key in (b"train_micro_batch_size_per_gpu", b"num_experts", b"tokens_per_s", b"val_loss"):
+        assert key in records, key  # the resolved config and the step metrics were sent
+
+
+def test_every_rank_unlinks_its_shared_memory_buffer(bash_run):
+    """DeepSpeed's CPU shared-memory all-reduce maps one /dev/shm buffer per rank (moe/parallel/comm.py)."""
+    assert not list(Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_*_{bash_run.port}_*"))
