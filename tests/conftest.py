@@ -66,10 +66,15 @@ def deepspeed_run(tmp_path_factory):
 
 @pytest.fixture(scope="session", autouse=True)
 def deepspeed_cpu_comm_op_built():
-    """Build DeepSpeed's CPU shared-memory comm op (~50 s JIT, cached in TORCH_EXTENSIONS_DIR) once, here, before
-    any test spawns ranks, so ranks never race through a first build together."""
+    """Clear the JIT build locks that killed processes of an earlier session left (torch would wait on them forever:
+    moe/launch/build_locks.py; here a lock a minute old that no process of this host builds under is one). Then
+    build DeepSpeed's CPU shared-memory comm op (~50 s JIT, cached in TORCH_EXTENSIONS_DIR) once, before any test
+    spawns ranks, so ranks never race through a first build together."""
     from deepspeed.comm.torch import build_shm_op
 
+    from moe.launch.build_locks import clear_stale_build_locks
+
+    clear_stale_build_locks(older_than_s=60)
     build_shm_op()  # None on accelerators that do not use it
 
 

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
+from moe.launch.build_locks import clear_stale_build_locks
 from moe.parallel import free_port
 
 REPO = Path(__file__).resolve().parent.parent
@@ -21,19 +23,39 @@ TINY = ("--recipe", "recipes/tiny.yaml", f"train.max_steps={BASH_RUN_STEPS}", "l
 
 
 def child_env(**extra: str) -> dict:
-    """The environment of a spawned process: one thread per rank (2 ranks on the 2-core CI machine) and a free
-    rendezvous port. `moe` comes from the editable install (requirements.txt), `tests` from the repository root, the
-    child's working directory."""
+    """The environment of a spawned process: one thread per rank (2 ranks on the 2-core CI machine), Python's
+    tracebacks of every thread should it abort or crash in native code (faulthandler), and a free rendezvous port.
+    `moe` comes from the editable install (requirements.txt), `tests` from the repository root, the child's working
+    directory."""
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", "1")
+    env.setdefault("PYTHONFAULTHANDLER", "1")
     env["MASTER_PORT"] = str(free_port())
     env.update(extra)
     return env
 
 
 def run(cmd: list[str], timeout: float = 300, **env: str) -> subprocess.CompletedProcess:
-    proc = subprocess.run(cmd, cwd=REPO, env=child_env(**env), capture_output=True, text=True, timeout=timeout)
-    return proc
+    """`cmd` run to the end, its output captured. On a timeout (or an interrupt) its whole process group is killed,
+    a launcher and the ranks it started alike (subprocess.run kills only the first), and the JIT build locks they
+    may have held are cleared (moe/launch/build_locks.py): a killed rank must not hang the tests after it."""
+    with subprocess.Popen(
+        cmd,
+        cwd=REPO,
+        env=child_env(**env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    ) as proc:
+        try:
+            stdout, stderr = proc.communicate(timeout=timeout)
+        except BaseException:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+            clear_stale_build_locks(older_than_s=0)
+            raise
+    return subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
 
 
 def launch_bash(*args: str, timeout: float = 300, **env: str) -> subprocess.CompletedProcess:

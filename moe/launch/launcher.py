@@ -20,6 +20,7 @@ from pathlib import Path
 
 from moe.config import ConfigError
 from moe.config.args import DEFAULT_DS_CONFIG, DEFAULT_RECIPE, parse_trainer_args
+from moe.launch.build_locks import clear_and_report
 from moe.launch.preflight import preflight
 
 REPO = Path(__file__).resolve().parents[2]  # the checkout this package is installed from (pip install -e .)
@@ -110,6 +111,7 @@ def spawn(argv: list[str]) -> None:
         preflight(parse_trainer_args(trainer_argv), world_size, cuda)
     except ConfigError as e:
         _fail(str(e))
+    clear_and_report("launch")  # a stale one would hang every rank at its first op load
 
     cmd = [sys.executable, "-u", "-m", "deepspeed.launcher.runner", "--master_port", str(launch.master_port)]
     if launch.hostfile:

@@ -3,12 +3,14 @@ then train. recipes/pretrain_moe.py calls `main`; start it through launch/pretra
 
 from __future__ import annotations
 
+import os
 import sys
 
 import torch
 
 from moe.config import ConfigError
 from moe.config.args import parse_trainer_args
+from moe.launch.build_locks import clear_and_report
 from moe.launch.preflight import preflight
 from moe.parallel import init_distributed
 from moe.train.trainer import Trainer
@@ -16,6 +18,8 @@ from moe.train.trainer import Trainer
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_trainer_args(sys.argv[1:] if argv is None else argv)
+    if os.environ.get("LOCAL_RANK", "0") == "0":  # ranks started by another launcher (deepspeed on GPUs, SLURM)
+        clear_and_report("rank")  # before the process group: joining it loads DeepSpeed's comm op
     rank, world_size = init_distributed()
     try:
         resolved = preflight(args, world_size, cuda=torch.cuda.is_available())
