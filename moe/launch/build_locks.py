@@ -49,29 +49,29 @@ def folders_in_use() -> set[Path]:
 
 
 def stale_build_locks(older_than_s: float = STALE_AFTER_S, root: Path | None = None) -> list[Path]:
-    now, in_use = time.time(), None
-    stale = []
-    for lock in build_locks(root):
-        try:
-            age = now - lock.stat().st_mtime
-        except FileNotFoundError:  # released meanwhile
-            continue
-        if age < older_than_s:
-            continue
-        in_use = folders_in_use() if in_use is None else in_use
-        folder = lock.parent.resolve()
-        if not any(used == folder or folder in used.parents for used in in_use):
-            stale.append(lock)
-    return stale
+    """The locks older than `older_than_s` whose build folder no process of this host works in."""
+    old = [lock for lock in build_locks(root) if _age_s(lock) >= older_than_s]
+    in_use = folders_in_use() if old else set()  # /proc is read only when there is a candidate
+    return [lock for lock in old if not any(_within(used, lock.parent.resolve()) for used in in_use)]
 
 
 def clear_stale_build_locks(older_than_s: float = STALE_AFTER_S, root: Path | None = None) -> list[Path]:
     """Remove the stale locks; returns those removed."""
-    removed = []
-    for lock in stale_build_locks(older_than_s, root):
+    stale = stale_build_locks(older_than_s, root)
+    for lock in stale:
         lock.unlink(missing_ok=True)
-        removed.append(lock)
-    return removed
+    return stale
+
+
+def _age_s(lock: Path) -> float:
+    try:
+        return time.time() - lock.stat().st_mtime
+    except FileNotFoundError:  # released meanwhile
+        return -1.0
+
+
+def _within(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
 
 
 def clear_and_report(who: str) -> None:
