@@ -6,8 +6,9 @@
 tokens/s is the global batch's tokens over the median step time after --skip warm-up steps, from
 runs/<run>/metrics.jsonl (one median, so tokens/s and step time always agree). MFU is
     tokens/s x train FLOPs per token (moe/model/cost.py) / (peak FLOP/s per rank x ranks).
-The peak is --peak-tflops (per rank: a GPU's dense bf16 peak, say) or, without it, a matmul measured here with
-the threads one rank gets. --json writes the numbers to a file.
+The peak is --peak-tflops (per rank: a GPU's dense bf16 peak, say) or, without it, the one the run's rank 0 measured
+at start-up in the run's matmul dtype with its own threads (runs/<run>/device_peaks.json, moe/train/throughput.py),
+so the trainer's logged MFU and this one agree. --json writes the numbers to a file.
 
 `train_run` (one launcher run, its metrics and resolved config) and `measure` (the numbers above) are also used by
 benchmarks/gpu_mfu.py.
@@ -30,7 +31,6 @@ import yaml
 
 from moe.model import MoEGPTConfig
 from moe.model.cost import ModelCost, hf_model_cost, model_cost
-from moe.train.throughput import measure_peak_tflops
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -46,6 +46,7 @@ class Run:
     ds_config: dict  # the resolved ds_config.json
     wall_s: float  # launcher start to the last step's metrics line (or to exit)
     command: list[str]  # the launcher command line
+    device_peaks: dict  # device_peaks.json: the peak the trainer's MFU is against and every peak it measured
 
     @property
     def seq_len(self) -> int:
@@ -103,16 +104,19 @@ def train_run(
     stop_after_last_step: bool = False,
     timeout_s: float | None = None,
     master_port: int | None = None,
+    cpus: str | None = None,
 ) -> Run:
     """Train `recipe` for `steps` steps through `bash launch/pretrain_moe.sh` and read back what it wrote.
 
     stop_after_last_step: end the job once the last step's metrics line is written. The trainer always validates
     and checkpoints at its last step; a benchmark needs neither (a 2.8B-parameter model's checkpoint with Adam
     states is ~40 GB). log_path: the job's stdout and stderr go there instead of this process's.
+    cpus: run the job under `taskset -c cpus` (its ranks split those cores, moe/launch/threads.py).
     Raises RuntimeError when the job fails, TimeoutError when it runs past timeout_s before its last step.
     """
     port = ["--master_port", str(master_port)] if master_port else []
     cmd = [
+        *(["taskset", "-c", cpus] if cpus else []),
         "bash",
         str(REPO / "launch/pretrain_moe.sh"),
         "--num_gpus",
@@ -164,6 +168,7 @@ def train_run(
         ds_config=json.loads((run_dir / "ds_config.json").read_text()),
         wall_s=wall_s,
         command=cmd,
+        device_peaks=json.loads(peaks.read_text()) if (peaks := run_dir / "device_peaks.json").is_file() else {},
     )
 
 
@@ -207,8 +212,8 @@ def main(argv: list[str] | None = None) -> dict:
     ranks = args.num_gpus or (torch.cuda.device_count() if cuda else 2)
     with tempfile.TemporaryDirectory() as runs:
         run = train_run(args.recipe, args.ds_config, args.steps, ranks, args.overrides, Path(runs))
-    threads = int(os.environ.get("OMP_NUM_THREADS", 0)) or max(1, (os.cpu_count() or 1) // ranks)
-    peak = args.peak_tflops or measure_peak_tflops(threads, cuda)
+    threads = int(os.environ.get("OMP_NUM_THREADS", 0)) or max(1, len(os.sched_getaffinity(0)) // ranks)
+    peak = args.peak_tflops or run.device_peaks["mfu_peak_tflops"]
     numbers = measure(run, args.skip, ranks, peak)
     result = {
         "recipe": args.recipe,
@@ -217,7 +222,8 @@ def main(argv: list[str] | None = None) -> dict:
         "ranks": ranks,
         "device": torch.cuda.get_device_name() if cuda else f"cpu x{threads} threads/rank",
         **numbers,
-        "peak_source": "given" if args.peak_tflops else "measured matmul",
+        "peak_source": "given" if args.peak_tflops else run.device_peaks["source"],
+        "measured_peaks_tflops": run.device_peaks.get("measured_tflops", {}),
     }
     print(
         f"{args.recipe} on {ranks} rank(s), {result['device']}: {result['tokens_per_s']:,.0f} tokens/s, "

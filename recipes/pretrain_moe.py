@@ -1,6 +1,6 @@
 """Pretrain a MoE GPT with DeepSpeed: one rank of the job. Start it through launch/pretrain_moe.sh.
 
-deepspeed recipes/pretrain_moe.py --recipe recipes/default.yaml --ds_config ds_configs/zero1.json [key=value ...]
+deepspeed recipes/pretrain_moe.py --recipe recipes/default.yaml --ds_config ds_configs/zero1_bf16.json [key=value ...]
 """
 
 from moe.launch.rank import main

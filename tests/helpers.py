@@ -19,7 +19,9 @@ LAUNCHER = REPO / "launch" / "pretrain_moe.sh"
 # the tiny recipe's corpus and tokenizer (cached once per session), for the tests that run the bigger recipes
 SMALL_DATA = ("data.max_documents=600", "data.val_fraction=0.1", "data.vocab_size=1024")
 BASH_RUN_STEPS = 20  # the shared launcher run (tests/conftest.py `bash_run`)
-TINY = ("--recipe", "recipes/tiny.yaml", f"train.max_steps={BASH_RUN_STEPS}", "logging.progress_bar=false")
+# fp32 (not the launcher's bf16 default): the launcher tests compare these runs with fp32 references and exports
+TINY = ("--recipe", "recipes/tiny.yaml", "--ds_config", "ds_configs/zero1.json", f"train.max_steps={BASH_RUN_STEPS}",
+        "logging.progress_bar=false")  # fmt: skip
 
 
 def child_env(**extra: str) -> dict:

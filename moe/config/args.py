@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 
 DEFAULT_RECIPE = "recipes/default.yaml"
-DEFAULT_DS_CONFIG = "ds_configs/zero1.json"
+DEFAULT_DS_CONFIG = "ds_configs/zero1_bf16.json"
 
 
 def trainer_parser() -> argparse.ArgumentParser:

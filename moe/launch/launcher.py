@@ -126,8 +126,6 @@ def spawn(argv: list[str]) -> None:
         if nodes > 1:
             _fail(f"NUM_NODES={nodes} needs a HOSTFILE listing the nodes")
         cmd += ["--num_gpus", str(gpus)]
-    if not cuda and "OMP_NUM_THREADS" not in os.environ:  # one core share per CPU rank, not oversubscribed
-        os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // gpus))
     cmd += [str(TRAINER)] + trainer_argv
     print(f"launch: {world_size} rank(s): {' '.join(cmd[3:])}", flush=True)
     os.execv(sys.executable, cmd)

@@ -39,7 +39,7 @@ def check_memory(resolved: Resolved, cuda: bool, gpu_mem: str | None = None) -> 
         budget, where = gpu_budget(), "this GPU's memory"
     else:  # CPU ranks of one machine share its RAM
         budget, where = cpu_budget(resolved.world_size), f"RAM / {resolved.world_size} ranks"
-    reason = refusal(make_plan(resolved, budget), where)
+    reason = refusal(make_plan(resolved, budget, cpu=not cuda), where)
     if reason:
         raise ConfigError(f"out of memory: {reason}; `python -m moe.plan` shows the breakdown")
 

@@ -226,6 +226,7 @@ class RouterGate(TopKGate):
             z = router_z_loss(logits)
         with torch.set_grad_enabled(torch.is_grad_enabled() and self.seq_aux_loss_coef > 0):
             probs = F.softmax(logits, dim=-1)  # (S, E)
+            self.last_probs = probs.detach()  # router telemetry's entropy reuses it (router_stats.py)
             # f counts each token's top-k choice (by biased scores when balancing with a bias), before capacity
             # drops and before DeepSpeed's 2nd-expert sampling.
             scores = probs.detach() if bias is None else probs.detach() + bias.float()

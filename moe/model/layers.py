@@ -22,11 +22,20 @@ class RotaryEmbedding(nn.Module):
         return freqs.cos(), freqs.sin()
 
 
-def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x: (B, H, T, hd); rotates pairs (x1, x2) = halves of the head dim."""
+def apply_rotary(
+    x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, dtype: torch.dtype | None = None
+) -> torch.Tensor:
+    """x: (B, H, T, hd); rotates pairs (x1, x2) = halves of the head dim, in fp32; returns `dtype` (default x's)."""
     x1, x2 = x.float().chunk(2, dim=-1)  # (B, H, T, hd/2) each
     out = torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
-    return out.to(x.dtype)
+    return out.to(dtype or x.dtype)
+
+
+def attention_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype SDPA runs in: the model's on a GPU, fp32 on CPU. SDPA's CPU flash kernel runs its bf16 backward
+    1.1-3.2x slower than fp32 at head dims 128-32 (benchmarks/SPEED_NOTES.md, "attention"), and its fp32 forward is
+    as fast; RoPE already computes q and k in fp32, so on CPU they skip a cast down and back."""
+    return torch.float32 if x.device.type == "cpu" else x.dtype
 
 
 class CausalSelfAttention(nn.Module):
@@ -44,11 +53,12 @@ class CausalSelfAttention(nn.Module):
         q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, hd)
         k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, T, hd)
         v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, T, hd)
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        dtype = attention_dtype(x)
+        q, k = apply_rotary(q, cos, sin, dtype), apply_rotary(k, cos, sin, dtype)
         y = F.scaled_dot_product_attention(
-            q, k, v, is_causal=True, enable_gqa=self.n_kv_heads != self.n_heads
+            q, k, v.to(dtype), is_causal=True, enable_gqa=self.n_kv_heads != self.n_heads
         )  # (B, H, T, hd)
-        return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))  # (B, T, d)
+        return self.o_proj(y.to(x.dtype).transpose(1, 2).reshape(B, T, -1))  # (B, T, d)
 
 
 class SwiGLU(nn.Module):

@@ -60,9 +60,24 @@ class Block(nn.Module):
         return outputs[0], RouterLosses(*outputs[1:])
 
 
+# Rows per block of the loss on CPU: 2 MiB of fp32 logits at a time (64 rows of an 8192 vocabulary), so each block
+# stays in a core's L2 between its passes. DeepSpeed's default (2^26 elements: every row of a small batch at once)
+# is sized for a GPU's memory and runs slower than F.cross_entropy on CPU.
+CPU_LOSS_BLOCK_BYTES = 2 << 20
+
+
 def next_token_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """logits: (B, T, V), labels: (B, T) -> mean cross-entropy of each position's next token (-100 ignored)."""
-    return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100)
+    """logits: (B, T, V), labels: (B, T) -> mean cross-entropy of each position's next token (-100 ignored), fp32.
+
+    DeepSpeed's chunked cross entropy: the fp32 log-sum-exp one block of rows at a time and the gradient written
+    straight in the logits' dtype, with no (B*T, V) fp32 copy, log-softmax or zero-filled gradient (on CPU it takes
+    about half the time of F.cross_entropy(logits.float()): benchmarks/SPEED_NOTES.md, "the loss"). The labels
+    shift left (the last position's target becomes -100), not the logits: `logits[:, :-1]` would copy them."""
+    from deepspeed.runtime.chunked_cross_entropy import chunked_cross_entropy
+
+    targets = F.pad(labels[:, 1:], (0, 1), value=-100)  # (B, T): position t predicts token t+1
+    rows = max(16, CPU_LOSS_BLOCK_BYTES // (4 * logits.shape[-1])) if logits.device.type == "cpu" else None
+    return chunked_cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-100, block_rows=rows)
 
 
 def training_loss(

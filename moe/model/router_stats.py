@@ -42,10 +42,11 @@ def zero_sums(
     return sums
 
 
-def entropy_sum(logits: torch.Tensor) -> torch.Tensor:
-    """logits: (S, E) -> sum over the S tokens of the softmax distribution's entropy (nats), fp32."""
-    probs = F.softmax(logits.float(), dim=-1)  # (S, E)
-    return -(probs * probs.clamp_min(1e-20).log()).sum()
+def entropy_sum(logits: torch.Tensor, probs: torch.Tensor | None = None) -> torch.Tensor:
+    """logits: (S, E) -> sum over the S tokens of the softmax distribution's entropy (nats), fp32. `probs`: that
+    softmax when the caller has it already (RouterGate keeps it), which saves recomputing it every forward."""
+    probs = F.softmax(logits.float(), dim=-1) if probs is None else probs  # (S, E)
+    return torch.special.entr(probs).sum()  # entr(p) = -p log p, 0 at p = 0
 
 
 def kept_per_expert(gate_output: tuple, num_experts: int) -> torch.Tensor:
@@ -87,42 +88,62 @@ class RouterStats:
     def __init__(self, gate: torch.nn.Module, num_experts: int, top_k: int):
         self.num_experts, self.top_k = num_experts, top_k
         self.enabled = True
-        self.sums = zero_sums(num_experts)
+        self._sums = zero_sums(num_experts)
+        self.pending_tokens = 0  # tokens routed since the sums were last read
+        self.pending_losses: list[tuple] = []  # each forward's detached router losses since then
         gate.register_forward_hook(self._on_gate)
 
+    @property
+    def sums(self) -> dict[str, torch.Tensor]:
+        s = self._sums
+        if self.pending_tokens:
+            s["tokens"] += self.pending_tokens
+            s["requested"] += self.pending_tokens * self.top_k
+            self.pending_tokens = 0
+        if self.pending_losses:
+            per_forward = [torch.stack([loss.double() for loss in losses]) for losses in self.pending_losses]
+            self._move_to(per_forward[0].device)
+            totals = torch.stack(per_forward).sum(dim=0)  # (3,): balance, z, seq_aux
+            for name, total in zip(LOSS_NAMES, totals):
+                s[name] += total
+            s["losses"] += len(self.pending_losses)
+            self.pending_losses = []
+        return s
+
+    @sums.setter
+    def sums(self, value: dict[str, torch.Tensor]) -> None:
+        self._sums = value
+
     def reset(self) -> None:
-        for value in self.sums.values():
+        self.pending_tokens, self.pending_losses = 0, []
+        for value in self._sums.values():
             value.zero_()
 
     def _move_to(self, device: torch.device) -> None:
-        if self.sums["kept"].device != device:
-            self.sums = {k: v.to(device) for k, v in self.sums.items()}
+        if self._sums["kept"].device != device:
+            self._sums = {k: v.to(device) for k, v in self._sums.items()}
 
     @torch.no_grad()
     def _on_gate(self, gate, inputs, output) -> None:
         if not (self.enabled and gate.training) or is_recomputing():
             return
         x = inputs[0].reshape(-1, inputs[0].shape[-1])  # (S, d)
-        logits = getattr(gate, "last_logits", None)  # RouterGate keeps this forward's logits
+        logits = getattr(gate, "last_logits", None)  # RouterGate keeps this forward's logits and softmax
+        probs = getattr(gate, "last_probs", None)
         if logits is None or logits.shape[0] != x.shape[0]:
-            logits = F.linear(x.float(), gate.wg.weight.float())
+            logits, probs = F.linear(x.float(), gate.wg.weight.float()), None
         self._move_to(x.device)
-        s = self.sums
+        s = self._sums
         s["kept"] += kept_per_expert(output, self.num_experts)
-        s["entropy"] += entropy_sum(logits)
-        s["tokens"] += x.shape[0]
-        s["requested"] += x.shape[0] * self.top_k
+        s["entropy"] += entropy_sum(logits, probs)
+        self.pending_tokens += x.shape[0]  # host counts: no tensor op per forward; folded into the sums when read
 
     def record_losses(self, losses, training: bool) -> None:
         """losses: a RouterLosses (balance, z, seq_aux) of one forward; recorded for training forwards only, once
-        (an activation-checkpointing recompute is skipped, as in the gate hook)."""
+        (an activation-checkpointing recompute is skipped, as in the gate hook). Kept as a list and summed when the
+        sums are read: no tensor op per forward."""
         if self.enabled and training and not is_recomputing():
-            self._move_to(losses.balance.device)
-            s = self.sums
-            s["aux_loss"] += losses.balance.detach()
-            s["z_loss"] += losses.z.detach()
-            s["seq_aux_loss"] += losses.seq_aux.detach()
-            s["losses"] += 1
+            self.pending_losses.append(tuple(loss.detach() for loss in losses))  # detached: frees the graph
 
 
 class GPTRouterTelemetry:

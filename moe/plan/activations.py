@@ -3,7 +3,8 @@
 Our GPT (moe.impl=deepspeed) is counted tensor by tensor as modeling.py and DeepSpeed's MOELayer (sparse slot
 dispatch, deepspeed/moe/sharded_moe.py) save them; tests/plan/test_activations.py checks the sum against the
 bytes autograd actually saves. Elements are the compute dtype (`a` bytes); norms' reciprocal RMS, attention's
-log-sum-exp, the router, RMSNorm's internals and the loss's log-softmax are fp32 whatever the dtype.
+log-sum-exp, the router, RMSNorm's internals and the loss's per-row log-sum-exp (the HF families' loss: its
+log-softmax) are fp32 whatever the dtype, and so is our GPT's attention on CPU.
 
 MoE capacity buffers: every local expert runs on its full capacity of rows (padding included), so the expert
 activations are (experts x capacity) rows, capacity ~ k · tokens · capacity_factor / experts per expert.
@@ -68,9 +69,13 @@ def _norm(N: int, d: int, a: int) -> float:
     return N * (2 * d + 1) * FP32  # RMSNorm computes in fp32: input, normalized input, reciprocal RMS
 
 
-def _attention(N: int, d: int, q_width: int, kv_width: int, v_width: int, heads: int, a: int) -> float:
-    # norm; projection input; rotated q, k and v; SDPA output and its flattened copy (o_proj input); log-sum-exp
-    return _norm(N, d, a) + N * ((d + q_width + 2 * kv_width + 2 * v_width) * a + heads * FP32)
+def _attention(
+    N: int, d: int, q_width: int, kv_width: int, v_width: int, heads: int, a: int, s: int | None = None
+) -> float:
+    """norm; projection input; rotated q, k and v, and SDPA's output, in the attention dtype (`s` bytes: our GPT
+    runs attention in fp32 on CPU, moe/model/layers.py); the output's flattened copy (o_proj input); log-sum-exp."""
+    s = a if s is None else s
+    return _norm(N, d, a) + N * (d * a + (q_width + 2 * kv_width + v_width) * s + v_width * a + heads * FP32)
 
 
 def _dense_mlp(N: int, d: int, ff: int, a: int) -> float:
@@ -78,16 +83,25 @@ def _dense_mlp(N: int, d: int, ff: int, a: int) -> float:
 
 
 def _head(N: int, T: int, d: int, vocab: int, a: int) -> tuple[float, float]:
-    """(kept: ids, final norm, LM-head input, log-softmax of T-1 positions; logits workspace)."""
+    """HF's loss (an fp32 upcast, then cross entropy): (kept: ids, final norm, LM-head input, log-softmax of T-1
+    positions; logits workspace)."""
     kept = N * INT64 + _norm(N, d, a) + N * d * a + N * (T - 1) / T * vocab * FP32
     return kept, N * vocab * (a + 2 * FP32)
 
 
-def gpt_activations(config, micro_batch: int, seq_len: int, dtype_bytes: int) -> Activations:
-    """Our GPT, one micro-batch of (micro_batch, seq_len) tokens on one rank."""
-    N, T, d, a = micro_batch * seq_len, seq_len, config.d_model, dtype_bytes
+def _chunked_loss_head(N: int, d: int, vocab: int, a: int) -> tuple[float, float]:
+    """Our GPT's loss, DeepSpeed's chunked cross entropy (moe/model/modeling.py): (kept: ids, final norm, LM-head
+    input, the logits themselves and per row an fp32 log-sum-exp, target and mask; workspace: the logits' gradient
+    in their dtype plus one block of fp32 rows, bounded here by 2^26 elements, DeepSpeed's largest block)."""
+    kept = N * INT64 + _norm(N, d, a) + N * d * a + N * vocab * a + N * (FP32 + INT64 + 1)
+    return kept, N * vocab * a + min(N * vocab, 1 << 26) * 2 * FP32
+
+
+def gpt_activations(config, micro_batch: int, seq_len: int, dtype_bytes: int, cpu: bool = False) -> Activations:
+    """Our GPT, one micro-batch of (micro_batch, seq_len) tokens on one rank (`cpu`: attention runs in fp32)."""
+    N, d, a = micro_batch * seq_len, config.d_model, dtype_bytes
     kv = config.n_kv_heads * (d // config.n_heads)
-    attention = _attention(N, d, d, kv, d, config.n_heads, a)
+    attention = _attention(N, d, d, kv, d, config.n_heads, a, FP32 if cpu else a)
     per_layer, interiors, buffers = [], [], 0.0
     for layer in range(config.n_layers):
         if config.is_moe_layer(layer):
@@ -98,7 +112,7 @@ def gpt_activations(config, micro_batch: int, seq_len: int, dtype_bytes: int) ->
             mlp = _dense_mlp(N, d, config.d_ff, a)
             interiors.append(N * 4 * config.d_ff * a)
         per_layer.append(attention + mlp)
-    head, workspace = _head(N, T, d, config.vocab_size, a)
+    head, workspace = _chunked_loss_head(N, d, config.vocab_size, a)
     return Activations(tuple(per_layer), buffers, head, workspace, layer_input=N * d * a, mlp_interior=tuple(interiors))
 
 

@@ -68,9 +68,11 @@ class Plan:
         return self.memory.with_checkpointing().peak <= self.usable
 
 
-def make_plan(resolved, budget: int) -> Plan:
+def make_plan(resolved, budget: int, cpu: bool = False) -> Plan:
+    """The plan of `resolved` against `budget` bytes per rank; `cpu`: CPU ranks (preflight on a machine without
+    a GPU), whose attention runs in fp32."""
     layout = layout_of(resolved)
-    shape = model_shape(resolved.recipe, layout.param_bytes)
+    shape = model_shape(resolved.recipe, layout.param_bytes, cpu)
     memory = estimate(shape, layout)
     usable = budget * (1 - HEADROOM)
     return Plan(shape, layout, memory, budget, largest_micro_batch(shape, layout, usable))

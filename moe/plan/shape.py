@@ -29,7 +29,8 @@ def vocab_size(recipe) -> int:
     return (size + 63) // 64 * 64
 
 
-def model_shape(recipe, dtype_bytes: int) -> ModelShape:
+def model_shape(recipe, dtype_bytes: int, cpu: bool = False) -> ModelShape:
+    """`cpu`: the ranks are CPU processes (our GPT then runs attention in fp32)."""
     seq_len, vocab = recipe.data.seq_len, vocab_size(recipe)
     if recipe.moe.impl == "autoep":
         from moe.model.hf.families import build_hf_config
@@ -41,7 +42,7 @@ def model_shape(recipe, dtype_bytes: int) -> ModelShape:
     else:
         config = GptShape.of(recipe, vocab)
         cost = model_cost(config, seq_len)
-        activations = partial(_gpt, config, seq_len, dtype_bytes)
+        activations = partial(_gpt, config, seq_len, dtype_bytes, cpu)
         layers = config.n_layers
     embeddings = vocab * recipe.model.d_model * (1 if recipe.model.tie_embeddings else 2)
     # MoE layers are the biggest blocks; spread the experts over the MoE layers only (an upper bound otherwise)
@@ -112,8 +113,8 @@ def _is_moe(config, layer: int) -> bool:
     return layer in hf_moe_layer_ids(config)
 
 
-def _gpt(config, seq_len: int, dtype_bytes: int, micro_batch: int) -> Activations:
-    return gpt_activations(config, micro_batch, seq_len, dtype_bytes)
+def _gpt(config, seq_len: int, dtype_bytes: int, cpu: bool, micro_batch: int) -> Activations:
+    return gpt_activations(config, micro_batch, seq_len, dtype_bytes, cpu)
 
 
 def _hf(config, seq_len: int, dtype_bytes: int, micro_batch: int) -> Activations:

@@ -1,7 +1,7 @@
 """The run folder rank 0 writes: the resolved config first, then what `moe.export` and generation need besides the
 weights (the tokenizer and the model's HF config), fixed for the whole run.
 
-    runs/<run_name>/recipe.yaml, ds_config.json, tokenizer/, model_config/
+    runs/<run_name>/recipe.yaml, ds_config.json, tokenizer/, model_config/, device_peaks.json
 """
 
 from __future__ import annotations
@@ -25,3 +25,8 @@ def write_resolved_config(resolved: Resolved) -> Path:
 def write_model_files(run_dir: Path, tokenizer, model_config) -> None:
     tokenizer.save_pretrained(run_dir / "tokenizer")
     model_config.save_pretrained(run_dir / "model_config")
+
+
+def write_device_peaks(run_dir: Path, peaks: dict) -> None:
+    """The matmul peak(s) this run's MFU is measured against (moe/train/throughput.py), once per run."""
+    (run_dir / "device_peaks.json").write_text(json.dumps(peaks, indent=2) + "\n")

@@ -3,9 +3,11 @@
 - FLOPs per token come from moe/model/cost.py: 6 x the matmul parameters one token passes through (its top_k experts,
   the router, the LM head) plus causal attention, counted once per layer; capacity padding and dropped tokens are not
   counted, and the expert interval is respected (only MoE layers have experts).
-- MFU = achieved FLOP/s per device / the device's peak: `logging.peak_tflops` if the recipe gives it, else the
-  dense bf16 peak of a known GPU (PEAK_BF16_TFLOPS), else (CPU) a matmul measured once at start-up with the threads
-  a rank has.
+- MFU = achieved FLOP/s per device / the device's peak *in the dtype the matmuls run in* (the run's precision:
+  bf16, fp16 or fp32): `logging.peak_tflops` if the recipe gives it, else the dense bf16 peak of a known GPU
+  (PEAK_BF16_TFLOPS) for a bf16/fp16 run, else a matmul measured once at start-up in that dtype with the threads the
+  rank has. On CPU both the fp32 and the bf16 peak are measured (`device_peaks`): bf16 runs several times faster
+  than fp32 where the CPU has AMX or AVX512-BF16, so an MFU against the fp32 peak overstates a bf16 run's.
 - Memory: allocated and peak on a GPU (torch.cuda), resident set size now and at peak on CPU (/proc, getrusage).
 - Time split: DeepSpeed's own wall-clock timers (forward, backward, gradient all-reduce, optimizer step, and the MoE
   layers' forward all-to-alls, summed over the step's micro-batches), read after each step when the ds_config sets
@@ -29,10 +31,17 @@ DEEPSPEED_TIMERS = {
 }
 
 
-def measure_peak_tflops(threads: int, cuda: bool, size: int = 2048, repeats: int = 10, batch: int = 1) -> float:
-    """Best dense (size x size) matmul TFLOP/s of one rank: bf16 on a GPU, fp32 on `threads` CPU threads. Each of
-    the `repeats` timings (after 2 untimed warm-ups) runs `batch` matmuls back to back between synchronizations."""
-    device, dtype = ("cuda", torch.bfloat16) if cuda else ("cpu", torch.float32)
+MATMUL_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+def measure_peak_tflops(
+    threads: int, cuda: bool, size: int = 2048, repeats: int = 10, batch: int = 1, dtype: torch.dtype | None = None
+) -> float:
+    """Best dense (size x size) matmul TFLOP/s of one rank in `dtype` (default: bf16 on a GPU, fp32 on CPU), on
+    `threads` CPU threads. Each of the `repeats` timings (after 2 untimed warm-ups) runs `batch` matmuls back to back
+    between synchronizations."""
+    device = "cuda" if cuda else "cpu"
+    dtype = dtype or (torch.bfloat16 if cuda else torch.float32)
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     a, b = (torch.randn(size, size, device=device, dtype=dtype) for _ in range(2))  # (size, size)
@@ -52,17 +61,28 @@ def measure_peak_tflops(threads: int, cuda: bool, size: int = 2048, repeats: int
     return 2 * size**3 / best / 1e12
 
 
-def device_peak_tflops(given: float | None) -> tuple[float, str]:
-    """(peak TFLOP/s of one device, where it came from)."""
+def cpu_peaks(threads: int, size: int = 1024, repeats: int = 6) -> dict[str, float]:
+    """{precision: measured TFLOP/s} of a CPU rank on `threads` threads, fp32 and bf16 (about a second)."""
+    return {p: measure_peak_tflops(threads, False, size, repeats, dtype=MATMUL_DTYPES[p]) for p in ("fp32", "bf16")}
+
+
+def device_peak_tflops(given: float | None, precision: str = "fp32") -> tuple[float, str, dict[str, float]]:
+    """(peak TFLOP/s of one device in `precision`'s matmul dtype, where it came from, every peak measured here)."""
     if given:
-        return given, "logging.peak_tflops"
+        return given, "logging.peak_tflops", {}
     if torch.cuda.is_available():
         name = torch.cuda.get_device_name()
-        for key, peak in PEAK_BF16_TFLOPS.items():
-            if key in name:
-                return peak, f"{key} datasheet bf16"
-        return measure_peak_tflops(1, cuda=True), f"measured bf16 matmul on {name}"
-    return measure_peak_tflops(torch.get_num_threads(), cuda=False, size=1024), "measured fp32 matmul, CPU"
+        if precision in ("bf16", "fp16"):
+            for key, peak in PEAK_BF16_TFLOPS.items():
+                if key in name:
+                    return peak, f"{key} datasheet {precision}", {}
+        measured = measure_peak_tflops(1, cuda=True, dtype=MATMUL_DTYPES[precision])
+        return measured, f"measured {precision} matmul on {name}", {precision: measured}
+    threads = torch.get_num_threads()
+    peaks = cpu_peaks(threads)
+    if precision not in peaks:  # fp16 on CPU: no fast path to compare with; measure it too
+        peaks[precision] = measure_peak_tflops(threads, False, 1024, 6, dtype=MATMUL_DTYPES[precision])
+    return peaks[precision], f"measured {precision} matmul, CPU, {threads} thread(s)", peaks
 
 
 def train_flops_per_token(model_config, seq_len: int) -> float:
@@ -96,12 +116,32 @@ class ThroughputMeter:
     """The numbers one step adds to its metrics record (rank 0's view; every rank runs the same step)."""
 
     def __init__(
-        self, model_config, seq_len: int, global_batch_tokens: int, world_size: int, peak_tflops: float | None
+        self,
+        model_config,
+        seq_len: int,
+        global_batch_tokens: int,
+        world_size: int,
+        peak_tflops: float | None,
+        precision: str = "fp32",
     ):
         self.flops_per_token = train_flops_per_token(model_config, seq_len)
         self.global_batch_tokens, self.world_size = global_batch_tokens, world_size
-        self.peak_tflops, self.peak_source = device_peak_tflops(peak_tflops)
+        self.peak_tflops, self.peak_source, self.measured_peaks = device_peak_tflops(peak_tflops, precision)
         self.alltoall_total_ms = 0.0
+
+    def describe(self) -> dict:
+        """What the run folder keeps: the peak MFU is against, its source, and every peak measured."""
+        return {"mfu_peak_tflops": self.peak_tflops, "source": self.peak_source, "measured_tflops": self.measured_peaks}
+
+    def slow_bf16_warning(self) -> str | None:
+        """One line when a bf16 run's CPU multiplies bf16 slower than fp32 (no AMX or AVX512-BF16), else None."""
+        peaks = self.measured_peaks
+        if self.peak_source.startswith("measured bf16") and peaks.get("bf16", 1.0) < peaks.get("fp32", 0.0):
+            return (
+                f"bf16 matmuls run slower than fp32 on this CPU ({peaks['bf16']:.3f} against {peaks['fp32']:.3f} "
+                "TFLOP/s per rank); `ds.bf16.enabled=false` (or --ds_config ds_configs/zero1.json) trains in fp32"
+            )
+        return None
 
     def record(self, engine, step_time_s: float) -> dict:
         tflops = self.global_batch_tokens / step_time_s * self.flops_per_token / self.world_size / 1e12

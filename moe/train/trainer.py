@@ -20,7 +20,7 @@ from moe.train.metrics import MetricsLog
 from moe.train.model_spec import model_spec
 from moe.train.pipeline_step import PipelineSteps
 from moe.train.router_telemetry import router_metrics
-from moe.train.run_folder import write_model_files, write_resolved_config
+from moe.train.run_folder import write_device_peaks, write_model_files, write_resolved_config
 from moe.train.throughput import ThroughputMeter
 
 
@@ -56,10 +56,16 @@ class Trainer:
                 resolved.global_batch_tokens,
                 resolved.world_size,
                 self.recipe.logging.peak_tflops,
+                resolved.precision,
             )
             if rank == 0
             else None
         )
+        if self.throughput:
+            write_device_peaks(self.run_dir, self.throughput.describe())
+            warning = self.throughput.slow_bf16_warning()
+            if warning:
+                print(f"warning: {warning}", flush=True)
         self._make_batches(self.engine.grid.get_data_parallel_rank() if pipeline else rank)
         self.step = self.samples_consumed = 0  # optimizer steps taken, training samples drawn (global)
         wandb_id = self._restore() if resume else None
@@ -151,6 +157,7 @@ class Trainer:
             "grad_norm": float(grad_norm) if grad_norm is not None else None,
             "tokens_per_s": self.resolved.global_batch_tokens / elapsed,
             "step_time_s": elapsed,
+            "time": time.time(),  # wall clock at the step's end: throughput between steps, bookkeeping included
         }
         if self.resolved.precision == "fp16":  # dynamic loss scaling: DeepSpeed skips a step that overflowed
             record.update(

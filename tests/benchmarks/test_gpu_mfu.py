@@ -124,7 +124,7 @@ def test_smoke_has_a_row_per_recipe_with_throughput(smoke):
     assert [r["path"] for r in result["runs"]] == ["dense GPT", "deepspeed.moe native", "AutoEP mixtral"]
     for row in result["runs"]:
         assert row["status"] == "ok" and row["tokens_per_s"] > 0 and row["steps_timed"] == 3
-        assert row["ds_config"] == "ds_configs/zero1.json" and "ds.wall_clock_breakdown=true" in row["overrides"]
+        assert row["ds_config"] == "ds_configs/zero1_bf16.json" and "ds.wall_clock_breakdown=true" in row["overrides"]
         assert row["tokens_per_s"] == pytest.approx(row["global_batch"] * row["seq_len"] / row["step_time_s"])
         assert row["step_time_s"] == statistics.median(row["step_times_s"])
         assert re.search(rf"^{row['name']} +{re.escape(row['path'])} ", stdout, re.M)  # its row in the table
@@ -139,7 +139,7 @@ def test_smoke_has_a_row_per_recipe_with_throughput(smoke):
 def test_smoke_mfu_is_cost_flops_over_the_measured_peak(smoke):
     result, _ = smoke
     peak = result["peak"]["measured_tflops"]
-    assert peak > 0 and result["peak"]["dtype"] == "float32" and result["peak"]["datasheet_tflops"] is None
+    assert peak > 0 and result["peak"]["dtype"] == "bfloat16" and result["peak"]["datasheet_tflops"] is None
     for row in result["runs"]:
         cost = cost_of(row)
         assert (row["total_params"], row["active_params"]) == (cost.total_params, cost.active_params)

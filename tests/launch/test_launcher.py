@@ -1,6 +1,8 @@
 """The real launcher, both ways, on real ranks: `bash launch/pretrain_moe.sh` and `deepspeed launch/pretrain_moe.sh`."""
 
+import itertools
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -24,6 +26,11 @@ def val_records(metrics: list[dict]) -> list[dict]:
 def test_bash_launcher_trains_tiny_recipe_on_two_ranks(bash_run):
     proc, run_dir = bash_run
     assert "launch: 2 rank(s)" in proc.stdout
+    # each rank pinned to its own share of the cores (moe/launch/threads.py)
+    cores = {line.split(": ")[0]: line.split("core(s) ")[1] for line in proc.stdout.splitlines() if " core(s) " in line}
+    assert set(cores) == {"rank 0", "rank 1"}, proc.stdout[-2000:]
+    if len(os.sched_getaffinity(0)) >= 2:
+        assert not set(cores["rank 0"].split(",")) & set(cores["rank 1"].split(","))
     train = train_records(read_metrics(run_dir))
     assert [m["step"] for m in train] == list(range(1, STEPS + 1))
     base = {
@@ -35,6 +42,7 @@ def test_bash_launcher_trains_tiny_recipe_on_two_ranks(bash_run):
         "grad_norm",
         "tokens_per_s",
         "step_time_s",
+        "time",
         "tflops_per_device",
         "mfu",
         "rss_gb",
@@ -64,6 +72,14 @@ def test_bash_launcher_trains_tiny_recipe_on_two_ranks(bash_run):
     for m in train:  # achieved TFLOP/s per device from the same tokens/s and the hand-checked FLOPs (test_cost.py)
         assert m["tflops_per_device"] == pytest.approx(m["tokens_per_s"] * flops_per_token / 2 / 1e12, rel=1e-9)
         assert 0 < m["mfu"] < 1.5 and 0 < m["rss_gb"] <= m["rss_peak_gb"] * 1.01
+    peaks = json.loads((run_dir / "device_peaks.json").read_text())  # MFU is against the run's matmul dtype's peak
+    ds = json.loads((run_dir / "ds_config.json").read_text())
+    precision = "bf16" if ds.get("bf16", {}).get("enabled") else "fp32"
+    assert set(peaks["measured_tflops"]) == {"fp32", "bf16"} and all(v > 0 for v in peaks["measured_tflops"].values())
+    assert peaks["mfu_peak_tflops"] == peaks["measured_tflops"][precision] and precision in peaks["source"]
+    for m in train:
+        assert m["mfu"] == pytest.approx(m["tflops_per_device"] / peaks["mfu_peak_tflops"], rel=1e-9)
+    assert all(b["time"] > a["time"] for a, b in itertools.pairwise(train))
     first, last5 = train[0]["loss"], sum(m["loss"] for m in train[-5:]) / 5
     assert last5 < 0.92 * first, f"loss did not fall: {first:.3f} -> {last5:.3f}"
     val = val_records(read_metrics(run_dir))
