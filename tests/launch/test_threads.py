@@ -5,8 +5,6 @@ import os
 import subprocess
 import sys
 
-import pytest
-
 from moe.launch.threads import rank_cpus
 
 
@@ -33,7 +31,6 @@ def probe(env: dict) -> list:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 cores to split")
 def test_a_rank_pins_itself_to_its_share_and_sizes_torch_to_it():
     cores = sorted(os.sched_getaffinity(0))
     last = rank_cpus(cores, 1, 2)
