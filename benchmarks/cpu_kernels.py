@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from deepspeed.runtime.chunked_cross_entropy import chunked_cross_entropy
 
-from moe.model.modeling import CPU_LOSS_BLOCK_BYTES
+from moe.model.modeling import cpu_loss_block_rows
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 ATTENTION_SHAPES = ((8, 4, 128, 32), (8, 8, 128, 64), (8, 4, 128, 128))  # (B, H, T, head_dim)
@@ -71,7 +71,7 @@ def loss_step(fn, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def loss(rows: int, vocab: int, repeats: int) -> list[dict]:
     target = torch.randint(0, vocab, (rows,))
     target[::128] = -100
-    ours = max(16, CPU_LOSS_BLOCK_BYTES // (4 * vocab))
+    ours = cpu_loss_block_rows(vocab)
     variants = {
         "F.cross_entropy(logits.float())": lambda x: F.cross_entropy(x.float(), target),
         f"chunked, {ours} rows a block (ours)": lambda x: chunked_cross_entropy(x, target, block_rows=ours),

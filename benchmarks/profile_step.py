@@ -74,7 +74,7 @@ def phase_tables(events, steps: int, top: int) -> dict:
     totals = collections.Counter()
     for e in events:
         if e.name.startswith("phase:"):
-            if phase_of(e.cpu_parent) == "other" if e.cpu_parent else True:  # outermost region of its phase
+            if e.cpu_parent is None or phase_of(e.cpu_parent) == "other":  # the outermost region of its phase
                 totals[e.name.removeprefix("phase:")] += e.cpu_time_total
             continue
         self_us[phase_of(e)][e.name] += e.self_cpu_time_total

@@ -43,6 +43,7 @@ def pin_rank_threads(local_rank: int | None = None, local_size: int | None = Non
     local_size = int(env.get("LOCAL_SIZE", env.get("LOCAL_WORLD_SIZE", 1))) if local_size is None else local_size
     cpus = rank_cpus(list(os.sched_getaffinity(0)), local_rank, local_size)
     os.sched_setaffinity(0, cpus)
-    threads = int(env[THREADS_ENV]) if env.get(THREADS_ENV, "").isdigit() and int(env[THREADS_ENV]) > 0 else len(cpus)
+    given = env.get(THREADS_ENV, "")
+    threads = int(given) if given.isdigit() and int(given) > 0 else len(cpus)
     torch.set_num_threads(threads)
     return threads

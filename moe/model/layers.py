@@ -33,8 +33,8 @@ def apply_rotary(
 
 def attention_dtype(x: torch.Tensor) -> torch.dtype:
     """The dtype SDPA runs in: the model's on a GPU, fp32 on CPU. SDPA's CPU flash kernel runs its bf16 backward
-    1.1-3.2x slower than fp32 at head dims 128-32 (benchmarks/SPEED_NOTES.md, "attention"), and its fp32 forward is
-    as fast; RoPE already computes q and k in fp32, so on CPU they skip a cast down and back."""
+    1.6-3.2x slower than fp32 at head dims 128-32 (benchmarks/cpu_kernels.py, SPEED_NOTES.md section 8), and its
+    fp32 forward is about as fast; RoPE already computes q and k in fp32, so on CPU they skip a cast down and back."""
     return torch.float32 if x.device.type == "cpu" else x.dtype
 
 

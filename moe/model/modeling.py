@@ -66,6 +66,10 @@ class Block(nn.Module):
 CPU_LOSS_BLOCK_BYTES = 2 << 20
 
 
+def cpu_loss_block_rows(vocab_size: int) -> int:
+    return max(16, CPU_LOSS_BLOCK_BYTES // (4 * vocab_size))
+
+
 def next_token_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """logits: (B, T, V), labels: (B, T) -> mean cross-entropy of each position's next token (-100 ignored), fp32.
 
@@ -76,7 +80,7 @@ def next_token_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     from deepspeed.runtime.chunked_cross_entropy import chunked_cross_entropy
 
     targets = F.pad(labels[:, 1:], (0, 1), value=-100)  # (B, T): position t predicts token t+1
-    rows = max(16, CPU_LOSS_BLOCK_BYTES // (4 * logits.shape[-1])) if logits.device.type == "cpu" else None
+    rows = cpu_loss_block_rows(logits.shape[-1]) if logits.device.type == "cpu" else None
     return chunked_cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-100, block_rows=rows)
 
 

@@ -110,10 +110,6 @@ class RouterStats:
             self.pending_losses = []
         return s
 
-    @sums.setter
-    def sums(self, value: dict[str, torch.Tensor]) -> None:
-        self._sums = value
-
     def reset(self) -> None:
         self.pending_tokens, self.pending_losses = 0, []
         for value in self._sums.values():
