@@ -11,7 +11,7 @@ at start-up in the run's matmul dtype with its own threads (runs/<run>/device_pe
 so the trainer's logged MFU and this one agree. --json writes the numbers to a file.
 
 `train_run` (one launcher run, its metrics and resolved config) and `measure` (the numbers above) are also used by
-benchmarks/gpu_mfu.py.
+benchmarks/gpu_mfu.py; `read_run` (what a run folder holds) by benchmarks/sweep_parallel.py.
 """
 
 from __future__ import annotations
@@ -158,6 +158,11 @@ def train_run(
             _stop(proc)
         if log:
             log.close()
+    return read_run(run_dir, wall_s, cmd)
+
+
+def read_run(run_dir: Path, wall_s: float, command: list[str]) -> Run:
+    """What a finished (or stopped) launcher run left in `run_dir`."""
     config_dir = run_dir / "model_config"
     lines = (run_dir / "metrics.jsonl").read_text().splitlines()
     return Run(
@@ -167,7 +172,7 @@ def train_run(
         recipe=yaml.safe_load((run_dir / "recipe.yaml").read_text()),
         ds_config=json.loads((run_dir / "ds_config.json").read_text()),
         wall_s=wall_s,
-        command=cmd,
+        command=command,
         device_peaks=json.loads(peaks.read_text()) if (peaks := run_dir / "device_peaks.json").is_file() else {},
     )
 

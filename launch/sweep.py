@@ -1,7 +1,9 @@
-"""Expand a scaling grid into runs and start them: in sequence here, over a DeepSpeed hostfile, or as SLURM arrays.
+"""Expand a scaling grid into runs and start them: here (in turn or side by side), over a hostfile, or as SLURM arrays.
 
     python launch/sweep.py recipes/scaling/tiny_grid.yaml --dry-run          # check every run, print its command
     python launch/sweep.py recipes/scaling/tiny_grid.yaml                    # run them one after another
+    python launch/sweep.py recipes/scaling/tiny_grid.yaml --parallel auto    # side by side (again: resume)
+    python launch/sweep.py recipes/scaling/tiny_grid.yaml --status           # state, step, tokens, val loss, ETA
     python launch/sweep.py recipes/scaling/dsmoe_paper_grid.yaml --hostfile hosts
     python launch/sweep.py recipes/scaling/dsmoe_paper_grid.yaml --slurm --gpus-per-node 8
 

@@ -7,10 +7,10 @@ question (moe/launch/environment.py). The MoE path's own rules (native against A
 from __future__ import annotations
 
 from moe.config.loader import ConfigError
-from moe.config.schema import DataConfig, MoEConfig, Recipe, TrainConfig
+from moe.config.schema import DataConfig, MoEConfig, Recipe, SourceConfig, TrainConfig
 
 NOISY_GATE_POLICIES = (None, "Jitter", "RSample")
-DATA_SOURCES = ("stdlib", "hf", "files")
+DATA_SOURCES = ("stdlib", "site_packages", "hf", "files")
 # Router losses and balancing of our RouterGate (moe/model/gate.py), moe.impl=deepspeed only
 ROUTER_LOSS_KEYS = ("z_loss_coef", "seq_aux_loss_coef", "bias_update_rate")
 
@@ -90,26 +90,42 @@ def _check_balancing(moe: MoEConfig) -> None:
 
 
 def check_data(d: DataConfig, max_seq_len: int) -> None:
-    if d.source not in DATA_SOURCES:
-        raise ConfigError(f"data.source must be one of {', '.join(DATA_SOURCES)}, got {d.source!r}")
     if d.seq_len > max_seq_len:
         raise ConfigError(f"data.seq_len={d.seq_len} exceeds model.max_seq_len={max_seq_len}")
+    if d.seq_len < 2:
+        raise ConfigError(f"data.seq_len must be at least 2 (a next-token target), got {d.seq_len}")
     if not 0 < d.val_fraction < 1:
         raise ConfigError(f"data.val_fraction must be between 0 and 1, got {d.val_fraction}")
-    if d.source == "files" and not d.files:
-        raise ConfigError("data.source=files needs data.files: a list of .txt/.jsonl/.json/.parquet paths")
-    if d.source == "hf" and not d.name:
-        raise ConfigError("data.source=hf needs data.name: a datasets name or a local dataset folder")
+    if d.tokenizer_sample_mb <= 0:
+        raise ConfigError(f"data.tokenizer_sample_mb must be positive, got {d.tokenizer_sample_mb}")
+    if d.num_proc < 0:
+        raise ConfigError(f"data.num_proc must be 0 (every core) or more, got {d.num_proc}")
+    if d.weight != 1.0 or d.label is not None:
+        raise ConfigError("data.weight and data.label belong to the entries of data.mixture")
+    for i, source in enumerate(d.mixture):
+        _check_source(source, f"data.mixture[{i}].")
+        if not source.weight > 0:
+            raise ConfigError(f"data.mixture[{i}].weight must be positive, got {source.weight}")
+    if not d.mixture:
+        _check_source(d, "data.")
+
+
+def _check_source(s: SourceConfig, where: str) -> None:
+    if s.source not in DATA_SOURCES:
+        raise ConfigError(f"{where}source must be one of {', '.join(DATA_SOURCES)}, got {s.source!r}")
+    if s.source == "files" and not s.files:
+        raise ConfigError(f"{where}source=files needs {where}files: a list of .txt/.jsonl/.json/.parquet paths")
+    if s.source == "hf" and not s.name:
+        raise ConfigError(f"{where}source=hf needs {where}name: a datasets name or a local dataset folder")
+    if s.max_documents is not None and s.max_documents < 1:
+        raise ConfigError(f"{where}max_documents must be positive, got {s.max_documents}")
 
 
 def check_train(t: TrainConfig) -> None:
-    if t.max_steps < 1:
-        raise ConfigError(f"train.max_steps must be positive, got {t.max_steps}")
-    if not 0 <= t.warmup_steps < t.max_steps:
-        raise ConfigError(f"train.warmup_steps={t.warmup_steps} must be below train.max_steps={t.max_steps}")
+    # max_steps and warmup: moe/config/budget.py, once the global batch is known
     for name in ("micro_batch_size", "grad_accum"):
         if getattr(t, name) < 1:
             raise ConfigError(f"train.{name} must be positive, got {getattr(t, name)}")
-    for name in ("eval_interval", "save_interval", "keep_checkpoints"):
+    for name in ("eval_interval", "save_interval", "keep_checkpoints", "eval_blocks", "train_eval_blocks"):
         if getattr(t, name) < 0:
             raise ConfigError(f"train.{name} must be 0 or more, got {getattr(t, name)}")

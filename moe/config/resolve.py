@@ -12,6 +12,7 @@ import copy
 from dataclasses import dataclass
 from pathlib import Path
 
+from moe.config.budget import derive_run_length
 from moe.config.checks import check_data, check_model, check_moe, check_train
 from moe.config.compile_section import check_compile, compile_autoep_around_moe_layers
 from moe.config.elastic import apply_elasticity
@@ -84,6 +85,7 @@ def resolve(
     fill_pipeline_defaults(ds)
     compile_autoep_around_moe_layers(ds, recipe.moe.impl)
     derive_train_batch_size(recipe, ds, world_size // stages, where)
+    derive_run_length(recipe, ds)  # train.max_tokens -> max_steps; warmup/decay fractions
     choose_adam_implementation(ds, cuda)
     ds.setdefault("steps_per_print", 10**9)
     return Resolved(recipe, ds, world_size, str(ds_config_path))

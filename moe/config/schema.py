@@ -64,21 +64,32 @@ class MoEConfig:
 
 
 @dataclass
-class DataConfig:
-    """Where the text comes from and how it becomes fixed-length token blocks."""
+class SourceConfig:
+    """One source of documents: the embedded Python corpora, an HF dataset or local files."""
 
-    source: str = "stdlib"  # stdlib | hf | files
+    source: str = "stdlib"  # stdlib | site_packages (stdlib + every installed package) | hf | files
     name: str | None = None  # source=hf: a `datasets` name or a local dataset folder
     config_name: str | None = None  # source=hf: the dataset's config
     files: list[str] = field(default_factory=list)  # source=files: .txt/.jsonl/.json/.parquet paths
     text_field: str = "text"
-    seq_len: int = 256
-    val_fraction: float = 0.02  # documents routed to validation by a hash of their id
-    tokenizer: str = "bpe"  # "bpe" = train a byte-level BPE on the corpus; else an AutoTokenizer path
-    vocab_size: int = 8192  # for tokenizer=bpe
     max_documents: int | None = None  # cap the corpus (tests, smoke runs)
+    weight: float = 1.0  # in a data.mixture: this source's share of the training samples (normalized)
+    label: str | None = None  # its name in metrics (tokens/<label>); None = the source (files0, hf1 if repeated)
+
+
+@dataclass
+class DataConfig(SourceConfig):
+    """Where the text comes from (one source, or a weighted `mixture` of them) and how it becomes fixed-length
+    token blocks: tokenized once into memmapped shards shared by every run and rank (moe/data/shards.py)."""
+
+    mixture: list[SourceConfig] = field(default_factory=list)  # non-empty: these sources, not the fields above
+    seq_len: int = 256
+    val_fraction: float = 0.02  # documents routed to validation by a hash of their id (near-duplicates dropped)
+    tokenizer: str = "bpe"  # "bpe" = train a byte-level BPE on a sample of the corpus; else an AutoTokenizer path
+    vocab_size: int = 8192  # for tokenizer=bpe
+    tokenizer_sample_mb: float = 32.0  # tokenizer=bpe: MB of training text it learns from (a seeded sample)
     cache_dir: str | None = None  # None = $MOE_CACHE or ~/.cache/moe-recipes
-    num_proc: int = 1
+    num_proc: int = 0  # processes that tokenize; 0 = every core of this process's affinity mask
 
 
 @dataclass
@@ -94,8 +105,13 @@ class OptimConfig:
 
 @dataclass
 class TrainConfig:
-    max_steps: int = 200
-    warmup_steps: int = 20
+    max_steps: int | None = None  # the run's length in optimizer steps; None = from max_tokens, else 200
+    max_tokens: int | None = None  # or in training tokens (steps = ceil(max_tokens / global batch tokens))
+    warmup_steps: int | None = None  # None = from warmup_fraction, else 20 (capped below max_steps)
+    warmup_fraction: float | None = None  # or as a fraction of the run
+    decay_fraction: float | None = (
+        None  # cosine decay over this last fraction, constant before; None = all after warmup
+    )
     min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
     seed: int = 1234
     micro_batch_size: int | None = None  # mirrors train_micro_batch_size_per_gpu
@@ -103,7 +119,8 @@ class TrainConfig:
     grad_clip: float | None = None  # mirrors gradient_clipping
     precision: str | None = None  # fp32 | bf16 | fp16; mirrors the bf16/fp16 sections
     eval_interval: int = 50  # steps between validation passes (0 = only at the end)
-    eval_batches: int = 8  # micro-batches per rank per validation pass
+    eval_blocks: int = 0  # validation blocks per pass: 0 = the whole split, N = a fixed seeded sample of N
+    train_eval_blocks: int = 256  # training blocks scored at each pass too (a fixed seeded sample; 0 = none)
     save_interval: int = 0  # steps between checkpoints (0 = only at the end)
     keep_checkpoints: int = 0  # complete checkpoints kept, newest first (0 = all)
     log_interval: int = 1

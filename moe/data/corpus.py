@@ -1,57 +1,29 @@
-"""Documents for pretraining, as a `datasets.Dataset` with columns `text` and `doc_id`.
+"""Documents for pretraining, as a `datasets.Dataset` with columns `text` and `doc_id`, and their split.
 
-The embedded default is the running interpreter's standard library: every module's source, each module's,
-class's and function's docstring as its own document, and the `pydoc_data` help topics. It is real text,
-present on every Python install, and needs no download.
+The embedded sources are the running environment's Python source (moe/data/python_source.py): `stdlib`, the
+default, and `site_packages`. `hf` reads a `datasets` name or local dataset folder, `files` local text, JSON lines
+or parquet files. Documents with the same text are kept once. The split is by document, by a hash of its id (a
+module's docstrings follow its source); validation documents that training already mostly holds are dropped
+(moe/data/dedup.py).
 """
 
 from __future__ import annotations
 
-import ast
 import hashlib
-import sys
-import sysconfig
 from pathlib import Path
 
 import datasets
 
-from moe.config.schema import DataConfig
+from moe.config.schema import SourceConfig
+from moe.data.dedup import NEAR_DUPLICATE_CONTAINMENT, containments, text_key, training_shingles
+from moe.data.python_source import PYTHON_SOURCES, python_documents
 
-EXCLUDED_DIRS = {"site-packages", "dist-packages", "test", "tests", "idle_test", "__pycache__"}
 LOCAL_BUILDERS = {".txt": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 
 
-def stdlib_documents(max_documents: int | None = None) -> list[dict]:
-    root = Path(sysconfig.get_paths()["stdlib"])
-    docs: list[dict] = []
-    for path in sorted(root.rglob("*.py")):
-        if max_documents and len(docs) >= max_documents:
-            return docs[:max_documents]  # the same prefix, without parsing the rest of the stdlib
-        rel = path.relative_to(root)
-        if any(part in EXCLUDED_DIRS or part.startswith("config-") for part in rel.parts):
-            continue
-        source = path.read_text(encoding="utf-8", errors="replace")
-        docs.append({"text": source, "doc_id": f"stdlib/{rel}"})
-        docs.extend({"text": doc, "doc_id": f"stdlib/{rel}#doc{i}"} for i, doc in enumerate(docstrings(source)))
-    from pydoc_data.topics import topics
-
-    docs.extend({"text": topics[name], "doc_id": f"pydoc_data/{name}"} for name in sorted(topics))
-    return docs[:max_documents] if max_documents else docs
-
-
-def docstrings(source: str) -> list[str]:
-    try:
-        tree = ast.parse(source)
-    except SyntaxError:
-        return []
-    nodes = [tree] + [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))]
-    found = (ast.get_docstring(n) for n in nodes)
-    return [d for d in found if d and len(d) > 40]
-
-
-def load_documents(cfg: DataConfig) -> datasets.Dataset:
-    if cfg.source == "stdlib":
-        return datasets.Dataset.from_list(stdlib_documents(cfg.max_documents))
+def load_documents(cfg: SourceConfig, num_proc: int = 1) -> datasets.Dataset:
+    if cfg.source in PYTHON_SOURCES:
+        return datasets.Dataset.from_list(python_documents(cfg.source, cfg.max_documents, num_proc))
     if cfg.source == "files":
         builder = _builder_for(cfg.files)
         kwargs = {"sample_by": "document"} if builder == "text" else {}
@@ -69,7 +41,19 @@ def load_documents(cfg: DataConfig) -> datasets.Dataset:
         if cfg.text_field != "text"
         else ds.select_columns(["text"])
     )
-    return ds.add_column("doc_id", [str(i) for i in range(len(ds))])
+    ds = ds.add_column("doc_id", [str(i) for i in range(len(ds))])
+    return _unique_texts(ds)
+
+
+def _unique_texts(ds: datasets.Dataset) -> datasets.Dataset:
+    seen: set[bytes] = set()
+    keep = []
+    for i, text in enumerate(ds["text"]):
+        key = text_key(text or "")
+        if text and key not in seen:
+            seen.add(key)
+            keep.append(i)
+    return ds if len(keep) == len(ds) else ds.select(keep)
 
 
 def _builder_for(files: list[str]) -> str:
@@ -86,25 +70,25 @@ def is_validation(doc_id: str, val_fraction: float) -> bool:
     return bucket < val_fraction * 10_000
 
 
-def split_documents(ds: datasets.Dataset, val_fraction: float) -> tuple[datasets.Dataset, datasets.Dataset]:
-    flags = [is_validation(d, val_fraction) for d in ds["doc_id"]]
+def split_documents(ds: datasets.Dataset, val_fraction: float) -> tuple[datasets.Dataset, datasets.Dataset, dict]:
+    """(train, validation, report), by document group. A validation document that training mostly holds is dropped,
+    and so is its whole group when that document is the group's source (moe/data/dedup.py)."""
+    doc_ids, texts = ds["doc_id"], ds["text"]
+    groups = [d.split("#", 1)[0] for d in doc_ids]
+    flags = [is_validation(g, val_fraction) for g in groups]
     train = [i for i, v in enumerate(flags) if not v]
-    val = [i for i, v in enumerate(flags) if v]
+    candidates = [i for i, v in enumerate(flags) if v]
+    shares = containments([texts[i] for i in candidates], training_shingles(texts[i] for i in train))
+    near = {i for i, share in zip(candidates, shares) if share >= NEAR_DUPLICATE_CONTAINMENT}
+    dropped_groups = {groups[i] for i in near if "#" not in doc_ids[i]}
+    val = [i for i in candidates if i not in near and groups[i] not in dropped_groups]
     if not val or not train:
         raise ValueError(f"data.val_fraction={val_fraction} leaves an empty split over {len(ds)} documents")
-    return ds.select(train), ds.select(val)
-
-
-def corpus_identity(cfg: DataConfig) -> dict:
-    """What determines the documents; part of every cache key."""
-    ident = {"source": cfg.source, "max_documents": cfg.max_documents, "val_fraction": cfg.val_fraction}
-    if cfg.source == "stdlib":
-        ident["python"] = sys.version.split()[0]
-    elif cfg.source == "files":
-        ident["files"] = [
-            (str(Path(f).resolve()), Path(f).stat().st_mtime_ns, Path(f).stat().st_size) for f in cfg.files
-        ]
-        ident["text_field"] = cfg.text_field
-    else:
-        ident.update(name=cfg.name, config_name=cfg.config_name, text_field=cfg.text_field)
-    return ident
+    report = {
+        "documents": len(ds),
+        "train_documents": len(train),
+        "val_documents": len(val),
+        "val_documents_dropped_as_near_duplicates": len(candidates) - len(val),
+        "val_groups_dropped_as_near_duplicates": sorted(dropped_groups),
+    }
+    return ds.select(train), ds.select(val), report

@@ -108,7 +108,8 @@ def spawn(argv: list[str]) -> None:
         world_size = gpus * nodes
 
     try:
-        preflight(parse_trainer_args(trainer_argv), world_size, cuda)
+        resolved = preflight(parse_trainer_args(trainer_argv), world_size, cuda)
+        prepare_shards(resolved)
     except ConfigError as e:
         _fail(str(e))
     clear_and_report("launch")  # a stale one would hang every rank at its first op load
@@ -125,10 +126,37 @@ def spawn(argv: list[str]) -> None:
     else:
         if nodes > 1:
             _fail(f"NUM_NODES={nodes} needs a HOSTFILE listing the nodes")
-        cmd += ["--num_gpus", str(gpus)]
+        cmd += local_device_args(gpus, cuda)
     cmd += [str(TRAINER)] + trainer_argv
     print(f"launch: {world_size} rank(s): {' '.join(cmd[3:])}", flush=True)
     os.execv(sys.executable, cmd)
+
+
+def prepare_shards(resolved) -> None:
+    """Tokenize the run's data here, before any rank exists, when its shards are missing (every core of this
+    host); then check them all (checksums, the run's tokenizer and sequence length, one global batch of tokens)."""
+    from moe.data.prepare import check_shards, describe, plan, prepare_data
+    from moe.data.shards import ShardError
+
+    data = resolved.recipe.data
+    try:
+        shards = plan(data)
+        if shards.missing():
+            print(f"data: preparing {', '.join(shards.missing())} before the ranks start", flush=True)
+            print(f"data: {describe(prepare_data(data, log=print), data.seq_len)}", flush=True)
+        check_shards(shards, resolved.global_batch_tokens, full=True)
+    except (ShardError, ValueError, OSError) as e:
+        raise ConfigError(str(e).splitlines()[0] if str(e) else type(e).__name__) from None
+
+
+def local_device_args(gpus: int, cuda: bool) -> list[str]:
+    """The runner's device arguments for a job on this node. Under CUDA_VISIBLE_DEVICES (a parallel sweep's run on
+    its GPUs) they are `--include localhost:<those GPUs>`: with --num_gpus DeepSpeed's runner drops the variable and
+    numbers its ranks' GPUs from 0 (deepspeed/launcher/runner.py, "ignoring it because ... --num_gpus")."""
+    visible = [d.strip() for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+    if cuda and visible:
+        return ["--include", "localhost:" + ",".join(visible[:gpus])]
+    return ["--num_gpus", str(gpus)]
 
 
 def _fail(message: str) -> None:

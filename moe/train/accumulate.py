@@ -8,6 +8,7 @@ import torch
 
 from moe.model.gate import RouterGate
 from moe.parallel import all_reduce_mean, all_reduce_sum
+from moe.train.evaluation import EvalResult, EvalSet, row_losses
 from moe.train.grad_norm import install_expert_aware_clipping
 
 
@@ -51,12 +52,13 @@ class MicroBatchSteps:
         return all_reduce_mean(sums / accum)  # the step's one read of the losses
 
     @torch.no_grad()
-    def validation_loss(self, val_batches, count: int) -> float:
-        """Mean LM loss over `count` validation micro-batches per rank, averaged over all ranks."""
-        engine, total = self.engine, 0.0
+    def evaluate(self, eval_set: EvalSet, dp_rank: int, dp_size: int) -> EvalResult:
+        """Mean and standard error of the per-block LM loss over `eval_set`, over all ranks (one all-reduce)."""
+        engine, micro = self.engine, self.recipe.train.micro_batch_size
+        sums = torch.zeros(3, dtype=torch.float64, device=engine.device)  # sum, sum of squares, blocks
         with self.telemetry.paused():
-            for i in range(count):
-                ids = val_batches.batch(i).to(engine.device)
-                total += float(self.spec.loss_parts(engine(ids, labels=ids), self.recipe)[0])
-        (loss,) = all_reduce_mean([total / count])
-        return loss
+            for ids, weights in eval_set.micro_batches(micro, dp_rank, dp_size):
+                ids, weights = ids.to(engine.device), weights.to(engine.device, torch.float64)
+                losses = row_losses(engine(ids).logits, ids).double()  # (B,)
+                sums += torch.stack([(weights * losses).sum(), (weights * losses * losses).sum(), weights.sum()])
+        return EvalResult.from_sums(*all_reduce_sum(sums).tolist())

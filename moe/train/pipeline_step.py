@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 
+from moe.train.evaluation import EvalResult, EvalSet
 from moe.train.grad_norm import expert_aware_global_norm
 
 
@@ -30,25 +31,32 @@ def train_batch(engine, batches, first_sample: int, accum: int) -> tuple[float, 
 
 
 @torch.no_grad()
-def validation_loss(engine, val_batches, count: int) -> float:
-    """Mean LM loss over `count` validation micro-batches per data-parallel rank (GPTPipe returns the LM loss alone
-    in eval mode), averaged over data-parallel ranks and broadcast to every stage."""
-    data = iter([(ids, ids) for ids in (val_batches.batch(i) for i in range(count))])
-    return float(engine.eval_batch(data, num_micro_batches=count))
+def evaluate(engine, eval_set: EvalSet, micro_batch: int, dp_rank: int, dp_size: int) -> EvalResult:
+    """The set cut to whole global micro-batches; each eval_batch call's loss is its micro-batch's mean over the
+    data-parallel ranks (GPTPipe returns the LM loss alone in eval mode), the same on every stage."""
+    means = [
+        float(engine.eval_batch(iter([(ids, ids)]), num_micro_batches=1))
+        for ids, _ in eval_set.micro_batches(micro_batch, dp_rank, dp_size, whole_batches=True)
+    ]
+    if not means:
+        raise ValueError(f"the evaluation set of {len(eval_set.rows)} blocks is smaller than one global micro-batch")
+    n, mean = micro_batch * dp_size, sum(means) / len(means)  # blocks behind each mean; the pass's mean
+    spread = sum((m - mean) ** 2 for m in means) / max(len(means) - 1, 1)  # variance of one micro-batch mean
+    return EvalResult(mean, (spread / len(means)) ** 0.5, n * len(means))
 
 
 class PipelineSteps:
     """Steps and validation passes of a PipelineEngine (our GPT as a GPTPipe)."""
 
     def __init__(self, engine, spec, telemetry, recipe):
-        self.engine = engine
+        self.engine, self.micro_batch = engine, recipe.train.micro_batch_size
         install_pipeline_clipping(engine)
 
     def train(self, batches, first_sample: int, accum: int) -> tuple[float, float, float]:
         return train_batch(self.engine, batches, first_sample, accum)
 
-    def validation_loss(self, val_batches, count: int) -> float:
-        return validation_loss(self.engine, val_batches, count)
+    def evaluate(self, eval_set: EvalSet, dp_rank: int, dp_size: int) -> EvalResult:
+        return evaluate(self.engine, eval_set, self.micro_batch, dp_rank, dp_size)
 
 
 def install_pipeline_clipping(engine) -> None:

@@ -1,7 +1,9 @@
 """The run folder rank 0 writes: the resolved config first, then what `moe.export` and generation need besides the
 weights (the tokenizer and the model's HF config), fixed for the whole run.
 
-    runs/<run_name>/recipe.yaml, ds_config.json, tokenizer/, model_config/, device_peaks.json
+    runs/<run_name>/recipe.yaml, ds_config.json, tokenizer/, model_config/, device_peaks.json, data.json
+
+and, when the run has completed its last step, done.json (step, tokens, final validation loss: what a sweep reads).
 """
 
 from __future__ import annotations
@@ -30,3 +32,14 @@ def write_model_files(run_dir: Path, tokenizer, model_config) -> None:
 def write_device_peaks(run_dir: Path, peaks: dict) -> None:
     """The matmul peak(s) this run's MFU is measured against (moe/train/throughput.py), once per run."""
     (run_dir / "device_peaks.json").write_text(json.dumps(peaks, indent=2) + "\n")
+
+
+def write_data_summary(run_dir: Path, summary: dict) -> None:
+    """Each data source's corpus fingerprint (files, bytes, hash), split, shard folder and token counts."""
+    (run_dir / "data.json").write_text(json.dumps(summary, indent=2) + "\n")
+
+
+def write_done(run_dir: Path, final: dict) -> None:
+    tmp = run_dir / "done.json.tmp"
+    tmp.write_text(json.dumps(final) + "\n")
+    tmp.replace(run_dir / "done.json")

@@ -16,11 +16,18 @@ from moe.data import BlockBatches, prepare_data
 from moe.parallel import barrier
 from moe.train.accumulate import MicroBatchSteps
 from moe.train.engine import build_engine
+from moe.train.evaluation import EvalSet
 from moe.train.metrics import MetricsLog
 from moe.train.model_spec import model_spec
 from moe.train.pipeline_step import PipelineSteps
 from moe.train.router_telemetry import router_metrics
-from moe.train.run_folder import write_device_peaks, write_model_files, write_resolved_config
+from moe.train.run_folder import (
+    write_data_summary,
+    write_device_peaks,
+    write_done,
+    write_model_files,
+    write_resolved_config,
+)
 from moe.train.throughput import ThroughputMeter
 
 
@@ -68,6 +75,7 @@ class Trainer:
                 print(f"warning: {warning}", flush=True)
         self._make_batches(self.engine.grid.get_data_parallel_rank() if pipeline else rank)
         self.step = self.samples_consumed = 0  # optimizer steps taken, training samples drawn (global)
+        self.last_val_loss = None
         wandb_id = self._restore() if resume else None
         self.code_version = checkpoint.code_version() if rank == 0 else {}
         self.metrics = (
@@ -75,9 +83,14 @@ class Trainer:
         )
 
     def _prepare_data(self):
-        data = prepare_data(self.recipe.data) if self.rank == 0 else None  # rank 0 builds the caches first
+        """The launcher prepared the shards before spawning; rank 0 builds what is still missing (a job started
+        another way), the others then map the same files."""
+        data = prepare_data(self.recipe.data) if self.rank == 0 else None
         barrier()
-        return data or prepare_data(self.recipe.data)
+        data = data or prepare_data(self.recipe.data)
+        if self.rank == 0:
+            write_data_summary(self.run_dir, data.summary())
+        return data
 
     def _build_engine(self):
         resolved = self.resolved
@@ -93,14 +106,25 @@ class Trainer:
         pipeline stage's ranks share their data-parallel rank's data."""
         t, dp_size = self.recipe.train, self.resolved.dp_size
         seed_everything(t.seed + self.rank)
-        self.batches = BlockBatches(self.data.train, t.micro_batch_size, dp_rank, dp_size, t.seed)
-        self.val_batches = BlockBatches(self.data.val, t.micro_batch_size, dp_rank, dp_size, t.seed, shuffle=False)
+        sources = self.data.sources
+        self.batches = BlockBatches(
+            [s.train for s in sources],
+            t.micro_batch_size,
+            dp_rank,
+            dp_size,
+            t.seed,
+            weights=[s.weight for s in sources],
+        )
+        self.dp_rank, self.dp_size = dp_rank, dp_size
+        self.eval_sets = {"val": EvalSet.of(self.data.val, t.eval_blocks)}
+        if t.train_eval_blocks:  # the same seeded sample of training blocks: the train/validation gap
+            self.eval_sets["train_sample"] = EvalSet.of(self.data.train, t.train_eval_blocks)
 
     def _restore(self) -> str | None:
         """Load the latest checkpoint; returns the run's W&B id."""
         layout = checkpoint.checkpoint_layout_of(self.resolved)
         tag, client_state = checkpoint.load(self.engine, self.run_dir, layout, seed=self.recipe.train.seed)
-        self.step = client_state["step"]
+        self.step = client_state["step"]  # tokens seen = samples_consumed x seq_len, recorded as client_state tokens
         self.samples_consumed = client_state.get(
             "samples_consumed", self.step * self.resolved.ds_config["train_batch_size"]
         )
@@ -122,7 +146,7 @@ class Trainer:
             disable=self.rank != 0 or not self.recipe.logging.progress_bar,
             dynamic_ncols=True,
         )
-        while self.step < t.max_steps:
+        while self.step < t.max_steps:  # resolve derived max_steps from train.max_tokens when that is given
             record = self.train_step()
             bar.update(1)
             bar.set_postfix(loss=f"{record['loss']:.3f}", tok_s=f"{record['tokens_per_s']:.0f}")
@@ -138,6 +162,7 @@ class Trainer:
         bar.close()
         if self.metrics:
             self.metrics.close()
+            write_done(self.run_dir, {"step": self.step, "tokens": self.tokens_seen, "val_loss": self.last_val_loss})
 
     def train_step(self) -> dict:
         engine = self.engine
@@ -155,6 +180,8 @@ class Trainer:
             "aux_loss": aux_loss,
             "lr": lr,
             "grad_norm": float(grad_norm) if grad_norm is not None else None,
+            "tokens": self.tokens_seen,
+            **self.tokens_per_source(),
             "tokens_per_s": self.resolved.global_batch_tokens / elapsed,
             "step_time_s": elapsed,
             "time": time.time(),  # wall clock at the step's end: throughput between steps, bookkeeping included
@@ -169,25 +196,43 @@ class Trainer:
             record.update(self.throughput.record(engine, elapsed))
         return record
 
+    @property
+    def tokens_seen(self) -> int:
+        return self.samples_consumed * self.recipe.data.seq_len
+
+    def tokens_per_source(self) -> dict:
+        counts = self.batches.samples_per_source(self.samples_consumed)
+        return {f"tokens/{s.label}": n * self.recipe.data.seq_len for s, n in zip(self.data.sources, counts)}
+
     def router_metrics(self) -> dict:
         """Routing telemetry summed over all ranks since the last call, per MoE layer (one all-reduce)."""
         return router_metrics(self.telemetry, self.engine.device)
 
     @torch.no_grad()
     def validate(self) -> float:
+        """Score the validation set (and the training sample): mean per-block loss and its standard error."""
         self.engine.eval()
-        val_loss = self.steps.validation_loss(self.val_batches, self.recipe.train.eval_batches)
+        results = {name: self.steps.evaluate(es, self.dp_rank, self.dp_size) for name, es in self.eval_sets.items()}
         self.engine.train()
         if self.throughput:
             self.throughput.forget_work_between_steps(self.engine)
+        val = results["val"]
+        self.last_val_loss = val.loss
+        record = {"step": self.step, "tokens": self.tokens_seen, "val_loss": val.loss, "val_loss_se": val.stderr}
+        record.update(val_ppl=math.exp(min(val.loss, 50.0)), val_blocks=val.blocks)
+        if "train_sample" in results:
+            sample = results["train_sample"]
+            record.update(train_sample_loss=sample.loss, train_sample_loss_se=sample.stderr)
+            record["val_train_gap"] = val.loss - sample.loss
         if self.metrics:
-            self.metrics.log({"step": self.step, "val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 50.0))})
-        return val_loss
+            self.metrics.log(record)
+        return val.loss
 
     def save(self) -> None:
         client_state = {
             "step": self.step,
             "samples_consumed": self.samples_consumed,
+            "tokens": self.tokens_seen,
             "wandb_id": self.metrics.wandb_id if self.metrics else None,
         }
         checkpoint.save(

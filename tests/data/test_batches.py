@@ -1,13 +1,12 @@
 """A run resumed with another data-parallel size or batch shape continues the sample stream where it stopped."""
 
-import datasets
 import torch
 
 from moe.data import BlockBatches
 
 
 def test_at_sample_continues_the_stream_across_dp_size_and_micro_batch():
-    blocks = datasets.Dataset.from_dict({"input_ids": [[i] * 4 for i in range(50)]}).with_format("torch")
+    blocks = torch.arange(50).repeat_interleave(4).view(50, 4)
     two_ranks = [BlockBatches(blocks, micro_batch=3, dp_rank=r, dp_size=2, seed=5) for r in range(2)]
     # 2 ranks x 3 sequences per micro-step, 10 micro-steps: 60 samples, into the second epoch's permutation
     stream = torch.cat([two_ranks[r].batch(m)[:, 0] for m in range(10) for r in range(2)])  # (60,)

@@ -1,13 +1,15 @@
 import json
 
 import datasets
+import numpy as np
 import pytest
 import torch
 
 from moe.config.schema import DataConfig
 from moe.data import BlockBatches, prepare_data
-from moe.data.corpus import is_validation, load_documents, split_documents, stdlib_documents
+from moe.data.corpus import is_validation, load_documents, split_documents
 from moe.data.packing import pack_documents
+from moe.data.python_source import python_documents
 from moe.data.tokenizer import train_bpe
 
 TEXTS = ["def add(a, b):\n    return a + b\n", "Return the sum of two numbers.", "class Foo:\n    pass\n"] * 20
@@ -20,7 +22,7 @@ def small_tokenizer():
 
 @pytest.fixture(scope="module")
 def stdlib_corpus():
-    return stdlib_documents()
+    return python_documents("stdlib")
 
 
 def test_stdlib_corpus_is_real_text_and_deterministic(stdlib_corpus):
@@ -29,18 +31,21 @@ def test_stdlib_corpus_is_real_text_and_deterministic(stdlib_corpus):
     assert len(docs) > 1000 and len(set(ids)) == len(ids)
     assert any(i.startswith("pydoc_data/") for i in ids) and any("#doc" in i for i in ids)
     assert not any("site-packages" in i or "/test/" in i for i in ids)
-    assert ids[:1000] == [d["doc_id"] for d in stdlib_documents(1000)]  # built again, a cap is the same prefix
+    assert ids[:1000] == [d["doc_id"] for d in python_documents("stdlib", 1000)]  # a cap is the same prefix
+    texts = [d["text"] for d in docs if "#" not in d["doc_id"]]
+    assert len(set(texts)) == len(texts)  # files deduplicated by content
 
 
 def test_split_is_deterministic_disjoint_and_keeps_docstrings_with_their_module(stdlib_corpus):
     ds = datasets.Dataset.from_list(stdlib_corpus[:3000])
-    train, val = split_documents(ds, 0.1)
+    train, val, report = split_documents(ds, 0.1)
     train_ids, val_ids = set(train["doc_id"]), set(val["doc_id"])
-    assert not train_ids & val_ids and len(train_ids) + len(val_ids) == len(ds)
+    dropped = report["val_documents_dropped_as_near_duplicates"]
+    assert not train_ids & val_ids and len(train_ids) + len(val_ids) + dropped == len(ds)
     assert 0.03 < len(val_ids) / len(ds) < 0.25
     for doc_id in val_ids:
         assert is_validation(doc_id.split("#")[0], 0.1)
-    again_train, _ = split_documents(ds, 0.1)
+    again_train, _, _ = split_documents(ds, 0.1)
     assert again_train["doc_id"] == train["doc_id"]
 
 
@@ -65,7 +70,7 @@ def test_packing_is_deterministic_and_fills_fixed_blocks(small_tokenizer):
 
 
 def test_batches_are_sharded_deterministic_and_resumable():
-    blocks = datasets.Dataset.from_dict({"input_ids": [[i] * 4 for i in range(50)]}).with_format("torch")
+    blocks = torch.arange(50).repeat_interleave(4).view(50, 4)
     ranks = [BlockBatches(blocks, micro_batch=3, dp_rank=r, dp_size=2, seed=5) for r in range(2)]
     seen = [torch.cat([ranks[r].batch(m)[:, 0] for r in range(2)]) for m in range(8)]  # 8 x 6 = 48 < 50
     flat = torch.cat(seen).tolist()
@@ -100,9 +105,10 @@ def test_local_files_feed_the_same_pipeline(tmp_path, suffix):
         return
     data = prepare_data(cfg)
     assert len(data.train) > 0 and len(data.val) > 0
-    assert data.train[0]["input_ids"].shape == (32,)
+    assert data.train[0].shape == (32,)
     cached = prepare_data(cfg)  # second call reads the cache
-    assert torch.equal(cached.train[:]["input_ids"], data.train[:]["input_ids"])
+    rows = list(range(len(data.train)))
+    assert cached.built == [] and torch.equal(cached.train[rows], data.train[rows])
 
 
 def test_local_hf_dataset_folder(tmp_path):
@@ -120,3 +126,18 @@ def test_local_hf_dataset_folder(tmp_path):
     )
     data = prepare_data(cfg)
     assert len(data.train) > len(data.val) > 0
+
+
+def test_no_validation_document_is_an_exact_or_near_duplicate_of_training(stdlib_corpus):
+    from moe.data.dedup import NEAR_DUPLICATE_CONTAINMENT, containment, shingles
+
+    ds = datasets.Dataset.from_list(stdlib_corpus)
+    train, val, report = split_documents(ds, 0.02)
+    assert {"stdlib/encodings/mac_cyrillic.py", "stdlib/encodings/cp424.py"} <= set(
+        report["val_groups_dropped_as_near_duplicates"]
+    )  # codec tables: 118 near-identical ones train
+    train_texts = set(train["text"])
+    train_shingles = np.unique(np.concatenate([shingles(t) for t in train["text"]]))
+    for text in val["text"]:
+        assert text not in train_texts
+        assert containment(shingles(text), train_shingles) < NEAR_DUPLICATE_CONTAINMENT

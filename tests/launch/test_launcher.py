@@ -43,6 +43,8 @@ def test_bash_launcher_trains_tiny_recipe_on_two_ranks(bash_run):
         "tokens_per_s",
         "step_time_s",
         "time",
+        "tokens",
+        "tokens/stdlib",  # the tokens seen per data source
         "tflops_per_device",
         "mfu",
         "rss_gb",
@@ -84,6 +86,13 @@ def test_bash_launcher_trains_tiny_recipe_on_two_ranks(bash_run):
     assert last5 < 0.92 * first, f"loss did not fall: {first:.3f} -> {last5:.3f}"
     val = val_records(read_metrics(run_dir))
     assert [m["step"] for m in val] == [0, 10, 20] and val[-1]["val_loss"] < 0.92 * val[0]["val_loss"]
+    data = json.loads((run_dir / "data.json").read_text())["sources"][0]
+    val_blocks = data["val_tokens"] // 64  # recipes/tiny.yaml: eval_blocks 64 is more than the split holds
+    assert all(m["val_blocks"] == val_blocks and 0 < m["val_loss_se"] < 0.05 * m["val_loss"] for m in val)
+    assert all("train_sample_loss" in m for m in val) and data["corpus"]["fingerprint"]["files"] > 0
+    assert train[-1]["tokens"] == train[-1]["tokens/stdlib"] == STEPS * 2 * 8 * 64  # zero1.json: 8 blocks a rank
+    done = json.loads((run_dir / "done.json").read_text())
+    assert done == {"step": STEPS, "tokens": train[-1]["tokens"], "val_loss": val[-1]["val_loss"]}
 
 
 def test_run_folder_holds_resolved_config_and_checkpoints(bash_run):

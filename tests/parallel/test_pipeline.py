@@ -41,20 +41,20 @@ RTOL = 1e-6  # losses: float reduction order only
 GRAD_RTOL = 1e-5  # grad norms: a sum of squares over ~10^5 gradients, reduced per stage then over stages
 STEPS, SAVE_AT = 4, 2
 NO_SAMPLING = ["moe.top2_2nd_expert_sampling=false", "moe.use_rts=false", f"optim.eps={ADAM_EPS}"]
-# train.eval_batches counts micro-batches per data-parallel rank: half the ranks, twice the batches, same samples
-PP2 = ["train.eval_batches=4"]
+# the same seeded 32 validation blocks in every layout: whole global micro-batches, which a pipeline needs
+EVAL = ["train.eval_blocks=32", "train.train_eval_blocks=32"]
 SHORT = ["train.max_steps=2", "train.warmup_steps=1", "train.eval_interval=0", "train.save_interval=0"]
 CASES = {  # job: {name: (ds_config, overrides)}; zero1.json: 1 micro-batch a step, pipeline2.json: 2
     "pp2": {
         "dense_pp1": ("zero1.json", ["moe.enabled=false", f"optim.eps={ADAM_EPS}"]),
-        "dense_pp2": ("pipeline2.json", ["moe.enabled=false", f"optim.eps={ADAM_EPS}", *PP2]),
+        "dense_pp2": ("pipeline2.json", ["moe.enabled=false", f"optim.eps={ADAM_EPS}"]),
         "moe_pp1": ("zero1.json", ["moe.ep_size=1", *NO_SAMPLING]),
-        "moe_pp2": ("pipeline2.json", ["moe.ep_size=1", *NO_SAMPLING, *PP2]),
-        "moe_pp2_zero0": ("pipeline2.json", ["moe.ep_size=1", "ds.zero_optimization.stage=0", *NO_SAMPLING, *PP2]),
+        "moe_pp2": ("pipeline2.json", ["moe.ep_size=1", *NO_SAMPLING]),
+        "moe_pp2_zero0": ("pipeline2.json", ["moe.ep_size=1", "ds.zero_optimization.stage=0", *NO_SAMPLING]),
     },
     "pp2_ep2": {  # 4 ranks on a 2-core CI box: 2 steps, validation only at the end
         "ep2_pp1": ("zero1.json", ["moe.ep_size=2", "model.n_layers=4", *NO_SAMPLING, *SHORT]),
-        "ep2_pp2": ("pipeline2.json", ["moe.ep_size=2", "model.n_layers=4", *NO_SAMPLING, *SHORT, *PP2]),
+        "ep2_pp2": ("pipeline2.json", ["moe.ep_size=2", "model.n_layers=4", *NO_SAMPLING, *SHORT]),
     },
 }
 RESUMED = ("moe_pp2", "moe_pp2_resumed")  # (source, copy resumed after step SAVE_AT), in the pp2 job
@@ -66,7 +66,7 @@ def case(out: str, job: str, name: str, world_size: int):
         out,
         name,
         ds_config,
-        [f"train.max_steps={STEPS}", f"train.save_interval={SAVE_AT}", f"train.eval_interval={SAVE_AT}", *extra],
+        [f"train.max_steps={STEPS}", f"train.save_interval={SAVE_AT}", f"train.eval_interval={SAVE_AT}", *EVAL, *extra],
         world_size,
     )
 

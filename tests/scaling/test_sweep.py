@@ -60,6 +60,7 @@ def test_paper_grid_becomes_one_slurm_array_per_gpu_count(tmp_path):
         text = script.read_text()
         assert "#SBATCH --array=0-9\n" in text and f"#SBATCH --nodes={nodes}\n" in text
         assert "#SBATCH --gpus-per-node=8\n" in text and '--slurm-task "$SLURM_ARRAY_TASK_ID"' in text
+        assert "#SBATCH --requeue\n" in text  # a preempted task comes back and resumes its run
         assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
         assert f"sbatch {script}" in stdout
     tasks = [line for line in stdout.splitlines() if " task " in line]

@@ -1,0 +1,118 @@
+"""The embedded corpora: the Python source of the running environment, with no download.
+
+- `stdlib`: the interpreter's standard library (its test suites excluded) and the `pydoc_data` help topics.
+- `site_packages`: the stdlib plus every installed package (torch, transformers, deepspeed, numpy, ...).
+
+Every file's source is a document, and so is each module's, class's and function's docstring. Files are
+deduplicated by content hash (transformers copies code between its models), then docstrings by text. The
+fingerprint (file count, bytes, one hash of the kept files' hashes) identifies the corpus in every cache key and
+in the run folder; it depends on the installed versions, which is the point.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import sysconfig
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+PYTHON_SOURCES = ("stdlib", "site_packages")
+STDLIB_EXCLUDED_DIRS = {"site-packages", "dist-packages", "test", "tests", "idle_test", "__pycache__"}
+MIN_DOCSTRING_CHARS = 40
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    doc_id: str  # root name / path below the root: stdlib/json/decoder.py, site_packages/torch/nn/functional.py
+    path: Path
+    digest: str  # sha256 of the bytes
+    size: int
+
+
+def roots(source: str) -> list[tuple[str, Path]]:
+    stdlib = ("stdlib", Path(sysconfig.get_paths()["stdlib"]))
+    if source == "stdlib":
+        return [stdlib]
+    paths = dict.fromkeys(Path(sysconfig.get_paths()[k]).resolve() for k in ("purelib", "platlib"))
+    return [stdlib, *(("site_packages", p) for p in paths if p.is_dir())]
+
+
+def _included(rel: Path, root_name: str) -> bool:
+    if root_name == "stdlib":
+        return not any(part in STDLIB_EXCLUDED_DIRS or part.startswith("config-") for part in rel.parts)
+    return "__pycache__" not in rel.parts
+
+
+def source_files(source: str) -> list[SourceFile]:
+    """The corpus's files in a fixed order (root, then path), each distinct content once (its first path)."""
+    seen: set[str] = set()
+    files = []
+    for root_name, root in roots(source):
+        for path in sorted(root.rglob("*.py")):
+            rel = path.relative_to(root)
+            if not _included(rel, root_name) or not path.is_file():
+                continue
+            data = path.read_bytes()
+            digest = hashlib.sha256(data).hexdigest()
+            if digest in seen:
+                continue
+            seen.add(digest)
+            files.append(SourceFile(f"{root_name}/{rel.as_posix()}", path, digest, len(data)))
+    return files
+
+
+def fingerprint(files: list[SourceFile], source: str) -> dict:
+    """What the corpus is: file count, bytes and a hash over the kept files' hashes, in order."""
+    digest = hashlib.sha256("".join(f.doc_id + f.digest for f in files).encode()).hexdigest()
+    return {"source": source, "files": len(files), "bytes": sum(f.size for f in files), "sha256": digest}
+
+
+def docstrings(source: str) -> list[str]:
+    try:
+        tree = ast.parse(source)
+    except (SyntaxError, ValueError):
+        return []
+    nodes = [tree] + [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))]
+    found = (ast.get_docstring(n) for n in nodes)
+    return [d for d in found if d and len(d) > MIN_DOCSTRING_CHARS]
+
+
+def _file_documents(item: tuple[str, str]) -> list[dict]:
+    doc_id, path = item
+    text = Path(path).read_text(encoding="utf-8", errors="replace")
+    docs = [{"text": text, "doc_id": doc_id}] if text.strip() else []  # an empty __init__.py is no document
+    docs += [{"text": d, "doc_id": f"{doc_id}#doc{i}"} for i, d in enumerate(docstrings(text))]
+    return docs
+
+
+def python_documents(source: str, max_documents: int | None = None, num_proc: int = 1) -> list[dict]:
+    """`source`'s documents in a fixed order; a document whose text repeats an earlier one's is dropped (copied
+    docstrings, aliased help topics). With a cap, the same prefix as without one (and only as many files are
+    parsed as the cap needs)."""
+    files = source_files(source)
+    items = [(f.doc_id, str(f.path)) for f in files]
+    docs: list[dict] = []
+    seen: set[bytes] = set()
+
+    def add(file_docs: list[dict]) -> bool:
+        for doc in file_docs:
+            key = hashlib.blake2b(doc["text"].encode("utf-8", "replace"), digest_size=16).digest()
+            if key not in seen:
+                seen.add(key)
+                docs.append(doc)
+        return bool(max_documents) and len(docs) >= max_documents
+
+    if num_proc > 1 and not max_documents:
+        with ProcessPoolExecutor(num_proc) as pool:  # ast.parse of 200 MB is minutes on one core
+            for file_docs in pool.map(_file_documents, items, chunksize=64):
+                add(file_docs)
+    else:
+        for item in items:
+            if add(_file_documents(item)):
+                return docs[:max_documents]
+    from pydoc_data.topics import topics
+
+    add([{"text": topics[name], "doc_id": f"pydoc_data/{name}"} for name in sorted(topics)])
+    return docs[:max_documents] if max_documents else docs
