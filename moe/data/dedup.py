@@ -45,9 +45,7 @@ def shingles(text: str) -> np.ndarray:
 
 def containment(doc_shingles: np.ndarray, train_shingles: np.ndarray) -> float:
     """Fraction of `doc_shingles` (unique) present in the sorted array `train_shingles`."""
-    if len(doc_shingles) == 0:
-        return 0.0
-    if len(train_shingles) == 0:
+    if len(doc_shingles) == 0 or len(train_shingles) == 0:
         return 0.0
     pos = np.searchsorted(train_shingles, doc_shingles).clip(max=len(train_shingles) - 1)
     return float(np.mean(train_shingles[pos] == doc_shingles))

@@ -18,6 +18,8 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from moe.data.dedup import text_key
+
 PYTHON_SOURCES = ("stdlib", "site_packages")
 STDLIB_EXCLUDED_DIRS = {"site-packages", "dist-packages", "test", "tests", "idle_test", "__pycache__"}
 MIN_DOCSTRING_CHARS = 40
@@ -98,7 +100,7 @@ def python_documents(source: str, max_documents: int | None = None, num_proc: in
 
     def add(file_docs: list[dict]) -> bool:
         for doc in file_docs:
-            key = hashlib.blake2b(doc["text"].encode("utf-8", "replace"), digest_size=16).digest()
+            key = text_key(doc["text"])
             if key not in seen:
                 seen.add(key)
                 docs.append(doc)
