@@ -37,10 +37,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dump", action="store_true", help=argparse.SUPPRESS)  # a rank spawned by convert()
     args = p.parse_args(argv)
     if args.dump:
-        from moe.parallel import init_distributed
+        from moe.parallel import init_distributed, shutdown_distributed
 
         init_distributed()
-        dump(args.run_dir, args.tag)
+        try:
+            dump(args.run_dir, args.tag)
+        finally:
+            shutdown_distributed()
         return 0
     try:
         out = convert(args.run_dir, args.tag)

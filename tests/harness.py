@@ -131,8 +131,11 @@ def interrupted_copy(runs_dir: Path, source: str, name: str, last_step: int, sav
 
 
 if __name__ == "__main__":  # one rank of run_on_ranks
-    from moe.parallel import init_distributed
+    from moe.parallel import init_distributed, shutdown_distributed
 
     module, function, arguments = sys.argv[1:4]
     rank, world_size = init_distributed()
-    getattr(importlib.import_module(module), function)(rank, world_size, *json.loads(arguments))
+    try:
+        getattr(importlib.import_module(module), function)(rank, world_size, *json.loads(arguments))
+    finally:
+        shutdown_distributed()

@@ -13,7 +13,7 @@ from moe.config.args import parse_trainer_args
 from moe.launch.build_locks import clear_and_report
 from moe.launch.preflight import preflight
 from moe.launch.threads import pin_rank_threads
-from moe.parallel import init_distributed
+from moe.parallel import init_distributed, shutdown_distributed
 from moe.train.trainer import Trainer
 
 
@@ -28,8 +28,10 @@ def main(argv: list[str] | None = None) -> None:
     rank, world_size = init_distributed()
     try:
         resolved = preflight(args, world_size, cuda=torch.cuda.is_available())
+        Trainer(resolved, rank, resume=args.resume).fit()
     except ConfigError as e:
         if rank == 0:
             print(f"error: {e}", file=sys.stderr, flush=True)
         sys.exit(2)
-    Trainer(resolved, rank, resume=args.resume).fit()
+    finally:
+        shutdown_distributed()

@@ -39,6 +39,17 @@ def init_distributed() -> tuple[int, int]:
     return dist.get_rank(), dist.get_world_size()
 
 
+def shutdown_distributed() -> None:
+    """Destroy the process groups before the interpreter exits. A gloo group left to interpreter finalization can
+    abort a rank that finished its work (SIGABRT, "terminate called without an active exception": gloo's worker
+    threads still hold work whose tensors need the GIL; pytorch/pytorch#190489), so every entry point that joins
+    the group calls this on its way out."""
+    import deepspeed.comm as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def _unlink_shm_buffer(dist) -> None:
     """DeepSpeed's CPU shared-memory all-reduce (single-node CPU jobs) maps one /dev/shm buffer per rank (69 MB)
     and never unlinks it, so every run used to leave 69 MB per rank in /dev/shm until it filled. Once every rank
