@@ -25,17 +25,11 @@ def derive_run_length(recipe: Recipe, ds: dict) -> None:
             f"give one (set the other to null)"
         )
     if t.max_tokens is not None:
-        if t.max_tokens < 1:
-            raise ConfigError(f"train.max_tokens must be positive, got {t.max_tokens}")
         t.max_steps = math.ceil(t.max_tokens / (ds["train_batch_size"] * recipe.data.seq_len))
     elif t.max_steps is None:
         t.max_steps = DEFAULT_MAX_STEPS
     if t.max_steps < 1:
         raise ConfigError(f"train.max_steps must be positive, got {t.max_steps}")
-    for name in ("warmup_fraction", "decay_fraction"):
-        value = getattr(t, name)
-        if value is not None and not 0 <= value < 1:
-            raise ConfigError(f"train.{name} must be in [0, 1), got {value}")
     if t.warmup_fraction is not None:
         if t.warmup_steps is not None:
             raise ConfigError("train.warmup_steps and train.warmup_fraction both set the warmup; give one")

@@ -27,6 +27,7 @@ from moe.config.mirrors import (
 )
 from moe.config.moe_paths import check_moe_path, merge_expert_parallel_section
 from moe.config.pipeline_parallel import check_pipeline, fill_pipeline_defaults, pipeline_stages
+from moe.config.ranges import check_ranges
 from moe.config.schema import Recipe
 
 
@@ -74,6 +75,7 @@ def resolve(
     check_moe(recipe, world_size)
     check_data(recipe.data, recipe.model.max_seq_len)
     check_train(recipe.train)
+    check_ranges(recipe, ds, where)  # every other numeric value
     check_pipeline(recipe, ds, world_size, where)
     stages = pipeline_stages(ds)
     check_memory_saving(ds, recipe.moe.impl, stages, where)  # offload, activation checkpointing

@@ -1,7 +1,9 @@
 """The checks of a resolved run against the machine it will run on, each one ConfigError line before any rank:
-data files and folders, the tokenizer, a `model.init_from` checkpoint against the recipe, an AutoEP family's
-`model.hf_config` keys, NVMe offload folders and DeepSpeed's async_io op, and optimizers the installed DeepSpeed has
-removed. The resolve step checks values only (moe/config/); these need the disk, transformers or DeepSpeed.
+data files (present, not empty, with the text field) and folders, HF names that cannot be loaded here (hub.py),
+the tokenizer, whether the runs folder can be written, a `model.init_from` checkpoint against the recipe, an
+AutoEP family's `model.hf_config` keys, NVMe offload folders and DeepSpeed's async_io op, and optimizers the
+installed DeepSpeed has removed. The resolve step checks values only (moe/config/); these need the disk,
+transformers or DeepSpeed.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from pathlib import Path
 
 from moe.config import ConfigError, Resolved
 from moe.config.memory_saving import offload_devices
+from moe.launch.env_vars import not_writable
+from moe.launch.hub import check_hub_name
 
 # Compressed-communication optimizers. Earlier DeepSpeed releases had them (`deepspeed/runtime/fp16/onebit/`, with
 # nccl, mpi, hccl and "compressed" communication backends, none of them gloo). The pinned DeepSpeed 0.19.8 has removed
@@ -36,9 +40,13 @@ def check_environment(resolved: Resolved, cuda: bool) -> None:
     if recipe.model.init_from:
         check_init_from(recipe)
     check_data_paths(recipe.data)
+    check_runs_dir(recipe.logging.runs_dir)
     for section, device in offload_devices(ds).items():
         if device == "nvme":
             check_nvme(ds["zero_optimization"][section], f"{where}: zero_optimization.{section}")
+
+
+JSON_READ_WHOLE_BYTES = 64 << 20  # a .json file that is one document is parsed whole for its fields up to this size
 
 
 def looks_like_path(name: str) -> bool:
@@ -46,14 +54,72 @@ def looks_like_path(name: str) -> bool:
 
 
 def check_data_paths(d) -> None:
-    if d.source == "files":
-        for f in d.files:
-            if not Path(f).expanduser().exists():
-                raise ConfigError(f"dataset file not found: {f} (data.files)")
-    if d.source == "hf" and looks_like_path(d.name) and not Path(d.name).expanduser().exists():
-        raise ConfigError(f"dataset path not found: {d.name} (data.name)")
-    if d.tokenizer != "bpe" and looks_like_path(d.tokenizer) and not Path(d.tokenizer).expanduser().exists():
-        raise ConfigError(f"tokenizer path not found: {d.tokenizer} (data.tokenizer)")
+    for i, source in enumerate(d.mixture or [d]):
+        where = f"data.mixture[{i}]." if d.mixture else "data."
+        if source.source == "files":
+            for f in source.files:
+                check_data_file(Path(f).expanduser(), source.text_field, f"{where}files")
+        if source.source == "hf":
+            if looks_like_path(source.name) and not Path(source.name).expanduser().exists():
+                raise ConfigError(f"dataset path not found: {source.name} ({where}name)")
+            check_hub_name(source.name, "dataset", f"{where}name")
+    if d.tokenizer != "bpe":
+        if looks_like_path(d.tokenizer) and not Path(d.tokenizer).expanduser().exists():
+            raise ConfigError(f"tokenizer path not found: {d.tokenizer} (data.tokenizer)")
+        check_hub_name(d.tokenizer, "model", "data.tokenizer")
+
+
+def check_data_file(path: Path, text_field: str, where: str) -> None:
+    """A data file exists, is not empty, and (JSON lines, JSON, parquet) has the text field in its first record."""
+    if not path.exists():
+        raise ConfigError(f"dataset file not found: {path} ({where})")
+    if path.stat().st_size == 0 or (path.suffix != ".parquet" and not _has_text(path)):
+        raise ConfigError(f"dataset file is empty: {path} ({where})")
+    fields = first_record_fields(path)
+    if fields is not None and text_field not in fields:
+        shown = ", ".join(sorted(fields)[:8]) or "none"
+        raise ConfigError(f"{path} has no field '{text_field}' (data.text_field); its first record has: {shown}")
+
+
+def _has_text(path: Path, probe_bytes: int = 1 << 16) -> bool:
+    with path.open("rb") as f:
+        while chunk := f.read(probe_bytes):
+            if chunk.strip():
+                return True
+    return False
+
+
+def first_record_fields(path: Path) -> set[str] | None:
+    """The field names of the file's first record; None where there are no fields to check (plain text, whose
+    record is the whole document) or finding them would mean reading a large file whole."""
+    try:
+        if path.suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            return set(pq.read_schema(path).names)
+        if path.suffix not in (".jsonl", ".json"):
+            return None
+        with path.open() as f:  # JSON lines (what `datasets` reads from .jsonl and most .json files)
+            line = next(line for line in f if line.strip())
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            if path.suffix == ".jsonl" or path.stat().st_size > JSON_READ_WHOLE_BYTES:
+                raise
+            record = json.loads(path.read_text())  # one JSON document: a list of records, or columns
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path} is not valid JSON: {str(e).splitlines()[0]}") from None
+    except Exception as e:  # pyarrow's errors for a file that is not parquet
+        raise ConfigError(f"{path} cannot be read: {str(e).splitlines()[0]}") from None
+    if isinstance(record, list):
+        record = record[0] if record else {}
+    return set(record) if isinstance(record, dict) else set()
+
+
+def check_runs_dir(runs_dir: str) -> None:
+    problem = not_writable(Path(runs_dir).expanduser())
+    if problem:
+        raise ConfigError(f"logging.runs_dir={runs_dir} cannot hold run folders: {problem}")
 
 
 def check_init_from(recipe) -> None:

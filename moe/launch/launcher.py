@@ -21,6 +21,7 @@ from pathlib import Path
 from moe.config import ConfigError
 from moe.config.args import DEFAULT_DS_CONFIG, DEFAULT_RECIPE, parse_trainer_args
 from moe.launch.build_locks import clear_and_report
+from moe.launch.env_vars import PORTS, check_env_vars, env_int
 from moe.launch.preflight import preflight
 
 REPO = Path(__file__).resolve().parents[2]  # the checkout this package is installed from (pip install -e .)
@@ -30,14 +31,28 @@ CPU_DEFAULT_RANKS = 2
 
 
 def launcher_parser() -> argparse.ArgumentParser:
+    """The launcher's settings; defaults from the environment, each variable parsed with a message naming it."""
     p = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     env = os.environ.get
-    p.add_argument("--num_gpus", type=int, default=int(env("NUM_GPUS", 0)) or None)
-    p.add_argument("--num_nodes", type=int, default=int(env("NUM_NODES", 1)))
-    p.add_argument("--hostfile", default=env("HOSTFILE"))
-    p.add_argument("--master_port", type=int, default=int(env("MASTER_PORT", 29500)))
-    p.add_argument("--master_addr", default=env("MASTER_ADDR"))
+    p.add_argument("--num_gpus", type=int, default=env_int("NUM_GPUS", 0, lo=0) or None)
+    p.add_argument("--num_nodes", type=int, default=env_int("NUM_NODES", 1, lo=1))
+    p.add_argument("--hostfile", default=env("HOSTFILE") or None)
+    p.add_argument("--master_port", type=int, default=env_int("MASTER_PORT", 29500, *PORTS))
+    p.add_argument("--master_addr", default=env("MASTER_ADDR") or None)
     return p
+
+
+def parse_launcher_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
+    """(launcher settings, the trainer's arguments), or one ConfigError."""
+    launch, trainer_argv = launcher_parser().parse_known_args(argv)
+    for name, value, lo, hi in (
+        ("--num_gpus", launch.num_gpus, 1, None),
+        ("--num_nodes", launch.num_nodes, 1, None),
+        ("--master_port", launch.master_port, *PORTS),
+    ):
+        if value is not None and (value < lo or (hi is not None and value > hi)):
+            raise ConfigError(f"{name}={value} must be {f'between {lo} and {hi}' if hi else f'at least {lo}'}")
+    return launch, trainer_argv
 
 
 def main(argv: list[str]) -> None:
@@ -93,7 +108,11 @@ def hostfile_slots(path: str) -> list[int]:
 
 
 def spawn(argv: list[str]) -> None:
-    launch, trainer_argv = launcher_parser().parse_known_args(argv)
+    try:
+        launch, trainer_argv = parse_launcher_args(argv)
+        check_env_vars()
+    except ConfigError as e:
+        _fail(str(e))
     trainer_argv = with_defaults(trainer_argv)
     devices = cuda_device_count()
     cuda = devices > 0

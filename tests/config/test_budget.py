@@ -34,7 +34,7 @@ def test_warmup_and_decay_as_fractions_of_the_run():
     ("overrides", "message"),
     [
         (["train.max_tokens=1000", "train.max_steps=10"], "both set the run's length"),
-        (["train.max_tokens=0"], "max_tokens must be positive"),
+        (["train.max_tokens=0"], "max_tokens must be at least 1"),
         (["train.warmup_fraction=0.1", "train.warmup_steps=5"], "both set the warmup"),
         (["train.warmup_fraction=1.5"], "warmup_fraction must be in"),
         (["train.warmup_fraction=0.5", "train.decay_fraction=0.6"], "exceed train.max_steps"),

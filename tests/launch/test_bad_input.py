@@ -4,6 +4,7 @@ import time
 
 import pytest
 
+from moe.parallel import free_port
 from tests.helpers import explain, launch_bash, launch_deepspeed, snapshot
 
 pytestmark = pytest.mark.e2e
@@ -36,13 +37,45 @@ CASES = {
     ),
     "ds_config is not JSON": (["--ds_config", "{bad_json}"], {}, ["broken.json", "line 2"]),
     "micro-batch conflict": (["train.micro_batch_size=4"], {}, ["micro", "4", "8"]),
+    "negative learning rate": (["optim.lr=-1"], {}, ["optim.lr", "positive", "-1"]),
+    "negative clipping in the ds_config": (["ds.gradient_clipping=-1"], {}, ["gradient_clipping", "0 or more"]),
+    "JSON lines without the text field": (
+        ["data.source=files", "data.files=[{tmp}/notext.jsonl]"],
+        {},
+        ["notext.jsonl", "'text'", "body"],
+    ),
+    "empty data file": (["data.source=files", "data.files=[{tmp}/empty.txt]"], {}, ["empty", "empty.txt"]),
+    "HF dataset not local and no network": (
+        ["data.source=hf", "data.name=someone/not_here"],
+        {"HF_HOME": "{tmp}/hf", "HF_ENDPOINT": "http://127.0.0.1:{closed_port}"},
+        ["someone/not_here", "not in the HF cache", "cannot be reached"],
+    ),
+    "HF tokenizer not local, offline": (
+        ["data.tokenizer=someone/tok"],
+        {"HF_HOME": "{tmp}/hf", "HF_HUB_OFFLINE": "1"},
+        ["data.tokenizer=someone/tok", "HF_HUB_OFFLINE"],
+    ),
+    "NUM_GPUS not a number": ([], {"NUM_GPUS": "abc"}, ["NUM_GPUS", "'abc'", "whole number"]),
+    "MASTER_PORT out of range": ([], {"MASTER_PORT": "70000"}, ["MASTER_PORT", "65535"]),
+    "unknown WANDB_MODE": ([], {"WANDB_MODE": "sometimes"}, ["WANDB_MODE", "offline"]),
+    "runs folder cannot be written": (["logging.runs_dir=/proc/moe-runs"], {}, ["logging.runs_dir", "/proc"]),
+    "cache folder cannot be written": ([], {"MOE_CACHE": "/proc/moe-cache"}, ["MOE_CACHE", "/proc"]),
 }
+
+
+def filled(text: str, tmp_path) -> str:
+    """A case's placeholders: {bad_json}, {tmp} (with the data files the cases name) and {closed_port}."""
+    (tmp_path / "notext.jsonl").write_text('{"body": "def f(): pass"}\n')
+    (tmp_path / "empty.txt").write_text("")
+    text = text.replace("{bad_json}", bad_json(tmp_path)).replace("{tmp}", str(tmp_path))
+    return text.replace("{closed_port}", str(free_port()))  # nothing listens on a port just found free
 
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_bad_input_fails_fast_with_one_line(case, existing_run, tmp_path):
     args, env, must_mention = CASES[case]
-    args = [bad_json(tmp_path) if a == "{bad_json}" else a for a in args]
+    args = [filled(a, tmp_path) for a in args]
+    env = {k: filled(v, tmp_path) for k, v in env.items()}
     before = snapshot(existing_run)
     start = time.monotonic()
     proc = launch_bash(

@@ -1,6 +1,7 @@
-"""Preflight's checks of a resolved run against this machine (moe/launch/environment.py): data files and folders,
-the tokenizer, a model.init_from checkpoint, an AutoEP family's hf_config keys, NVMe folders and DeepSpeed's
-async_io op. Each is one ConfigError line; the resolve step accepts the same values (tests/config/test_resolve.py)."""
+"""Preflight's checks of a resolved run against this machine (moe/launch/environment.py): data files (present, not
+empty, with the text field) and folders, HF names (moe/launch/hub.py), the runs folder, the tokenizer, a
+model.init_from checkpoint, an AutoEP family's hf_config keys, NVMe folders and DeepSpeed's async_io op. Each is one
+ConfigError line; the resolve step accepts the same values (tests/config/test_resolve.py)."""
 
 import json
 
@@ -8,6 +9,7 @@ import pytest
 
 from moe.config import ConfigError, load_resolved
 from moe.launch.environment import async_io_available, check_environment
+from moe.parallel import free_port
 from tests.helpers import REPO
 
 
@@ -88,3 +90,55 @@ def test_nvme_offload_needs_libaio_where_it_is_missing(tmp_path):
 def test_a_run_the_machine_can_start_passes():
     checked()
     checked(recipe="recipes/autoep.yaml")
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ('{"body": 1}\n', "has no field 'text' (data.text_field); its first record has: body"),
+        ("\n\n", "dataset file is empty"),
+        ("{not json\n", "is not valid JSON"),
+    ],
+)
+def test_a_json_lines_file_needs_records_with_the_text_field(tmp_path, content, message):
+    path = tmp_path / "docs.jsonl"
+    path.write_text(content)
+    assert message in refusal("data.source=files", f"data.files=[{path}]")
+
+
+def test_a_json_array_parquet_and_mixture_entries_are_checked_too(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    array, table = tmp_path / "docs.json", tmp_path / "docs.parquet"
+    array.write_text('[{"content": "x"},\n {"content": "y"}]')
+    pq.write_table(pa.table({"content": ["x"]}), table)
+    for path in (array, table):
+        assert "has no field 'text'" in refusal("data.source=files", f"data.files=[{path}]")
+    checked("data.source=files", f"data.files=[{table}]", "data.text_field=content")
+    (tmp_path / "empty.txt").write_text("")
+    mixture = f"data.mixture=[{{source: stdlib}}, {{source: files, files: [{tmp_path / 'empty.txt'}]}}]"
+    assert "(data.mixture[1].files)" in refusal(mixture)
+
+
+def test_hub_names_are_found_in_either_cache_and_refused_offline(tmp_path, monkeypatch):
+    from moe.launch.hub import hub_cached, reachable
+
+    monkeypatch.setenv("HF_HOME", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert "HF_HUB_OFFLINE is set" in refusal("data.source=hf", "data.name=org/corpus")
+    (tmp_path / "hub" / "datasets--org--corpus").mkdir(parents=True)
+    (tmp_path / "datasets" / "org___other").mkdir(parents=True)
+    (tmp_path / "hub" / "models--org--tok").mkdir(parents=True)
+    assert hub_cached("org/corpus", "dataset") and hub_cached("org/other", "dataset")
+    assert hub_cached("org/tok", "model") and not hub_cached("org/tok", "dataset")
+    checked("data.source=hf", "data.name=org/corpus", "data.tokenizer=org/tok")
+    assert not reachable(f"http://127.0.0.1:{free_port()}")  # nothing listens there
+
+
+def test_a_runs_folder_that_cannot_be_written_is_refused(tmp_path):
+    (tmp_path / "file").write_text("")
+    assert "is not a folder" in refusal(f"logging.runs_dir={tmp_path / 'file' / 'runs'}")
+    assert "/proc is not writable" in refusal("logging.runs_dir=/proc/runs")
+    checked(f"logging.runs_dir={tmp_path / 'new' / 'runs'}")
+    assert not (tmp_path / "new").exists()  # judged, not created
