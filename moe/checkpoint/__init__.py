@@ -1,8 +1,10 @@
 """Everything about checkpoints: save with one layout, resume at the same or (once converted) any other, export to
 Hugging Face, and start from Hugging Face weights.
 
-    save(engine, run_dir, step, client_state, metadata, keep)   # every rank; committed atomically (COMPLETE, latest)
-    load(engine, run_dir, layout, seed) -> (tag, client state)  # the latest complete tag, any layout once converted
+    save(engine, run_dir, step, client_state, metadata, keep)   # every rank; checksummed (MANIFEST.json), then
+                                                                # committed atomically (COMPLETE, latest)
+    load(engine, run_dir, layout, seed) -> (tag, client state)  # the latest complete tag that verifies, any layout
+                                                                # once converted
     check_resume(resolved, resume)                     # before any rank starts: overwrite, shape, layout refusals
     Tag.of(run_dir, tag) / latest_tag(run_dir)         # a tag's metadata: saved recipe, ds_config, layout, MoE path,
                                                        # converted state
@@ -14,9 +16,10 @@ Hugging Face, and start from Hugging Face weights.
     hf_import.load_init_from(model, folder, ...)       # model.init_from / model.upcycle into our GPT
     hf_import.load_family_checkpoint(recipe)           # model.init_from of an AutoEP family
 
-Modules: metadata (tags and their metadata), store (save / load / RNG), resume, conversion (per MoE path),
-layout_free and universal (the two converted forms), pipeline_files, hf_export and hf_export_autoep, hf_import.
-The names above load on first use: the preflight reads metadata and resume only, without torch or transformers.
+Modules: metadata (tags and their metadata), store (save / load / RNG), manifest (checksums), resume, conversion
+(per MoE path), layout_free and universal (the two converted forms), pipeline_files, hf_export and
+hf_export_autoep, hf_import. The names above load on first use: the preflight reads metadata and resume only,
+without torch or transformers.
 """
 
 import importlib

@@ -8,6 +8,7 @@ import sys
 
 import torch
 
+from moe.checkpoint.store import CheckpointError
 from moe.config import ConfigError
 from moe.config.args import parse_trainer_args
 from moe.launch.build_locks import clear_and_report
@@ -33,5 +34,9 @@ def main(argv: list[str] | None = None) -> None:
         if rank == 0:
             print(f"error: {e}", file=sys.stderr, flush=True)
         sys.exit(2)
+    except CheckpointError as e:
+        if rank == 0 or e.every_rank:
+            print(f"error: {e}", file=sys.stderr, flush=True)
+        sys.exit(1)
     finally:
         shutdown_distributed()

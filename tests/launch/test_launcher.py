@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from moe.checkpoint.manifest import MANIFEST, first_bad_file
 from moe.model import MoEGPTConfig
 from moe.model.cost import model_cost
 from tests.helpers import BASH_RUN_STEPS as STEPS
@@ -111,7 +112,7 @@ def test_run_folder_holds_resolved_config_and_checkpoints(bash_run):
     assert (run_dir / "tokenizer" / "tokenizer.json").is_file() and (run_dir / "model_config" / "config.json").is_file()
 
 
-def test_sigkill_mid_save_keeps_previous_checkpoint_and_resume_matches(bash_run, tmp_path):
+def test_sigkill_mid_save_and_a_corrupted_checkpoint_resume_from_the_last_good_one(bash_run, tmp_path):
     _, full_run = bash_run
     run_dir = tmp_path / "tiny"
     every5_keep2 = (*TINY, f"logging.runs_dir={tmp_path}", "train.save_interval=5", "train.keep_checkpoints=2")
@@ -122,16 +123,43 @@ def test_sigkill_mid_save_keeps_previous_checkpoint_and_resume_matches(bash_run,
     assert (ckpt / "global_step15").is_dir() and not (ckpt / "global_step15" / "COMPLETE").exists()
     assert {p.name for p in ckpt.glob("global_step*")} == {"global_step5", "global_step10", "global_step15"}
     assert (ckpt / "latest").read_text() == "global_step10"
+    # ... and then a bit of the last complete checkpoint flips on disk (same size: only its sha256 tells)
+    shard = ckpt / "global_step10" / "zero_pp_rank_1_mp_rank_00_optim_states.pt"
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0x10
+    shard.write_bytes(data)
 
     proc = launch_bash(*every5_keep2, "--resume")
     assert proc.returncode == 0, explain(proc)
-    assert "resumed from global_step10" in proc.stdout + proc.stderr
+    warnings = [line for line in proc.stdout.splitlines() if line.startswith("warning: checkpoint")]
+    assert len(warnings) == 1 and "global_step10" in warnings[0] and shard.name in warnings[0], proc.stdout[-3000:]
+    assert "resumed from global_step5" in proc.stdout + proc.stderr
     resumed, reference = train_records(read_metrics(run_dir)), train_records(read_metrics(full_run))
-    assert [m["step"] for m in resumed] == list(range(1, STEPS + 1))  # steps 1-10 kept once, 11-20 re-run
+    assert [m["step"] for m in resumed] == list(range(1, STEPS + 1))  # steps 1-5 kept once, 6-20 re-run
     # --resume restores model, optimizer, LR schedule, data position and every rank's RNG: bit-exact
     assert [(m["step"], m["loss"], m["lr"]) for m in resumed] == [(m["step"], m["loss"], m["lr"]) for m in reference]
     assert {p.name for p in ckpt.glob("global_step*")} == {"global_step15", "global_step20"}  # keep 2
     assert (ckpt / "latest").read_text() == "global_step20"
+    assert all(first_bad_file(ckpt / t) is None and (ckpt / t / MANIFEST).is_file() for t in ("global_step20",))
+
+
+def test_a_save_that_cannot_write_ends_the_job_in_one_line_and_keeps_latest(tmp_path):
+    """From the step-4 save on, no file of either rank may grow past 1 MB (RLIMIT_FSIZE, a real kernel refusal;
+    each rank's ZeRO shard is about 2 MB), as on a disk that filled up."""
+    run_dir = tmp_path / "tiny"
+    args = (*TINY, f"logging.runs_dir={tmp_path}", "train.max_steps=4", "train.warmup_steps=1", "train.save_interval=2")
+    proc = launch_bash(*args, "logging.wandb=false", MOE_FAULT_FILE_SIZE_LIMIT_AT_SAVE=f"4:{1 << 20}")
+    assert proc.returncode != 0, explain(proc)
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert errors and all(
+        line.startswith("error: saving checkpoint global_step4 failed on rank ")
+        and "`latest` stays at global_step2" in line
+        for line in errors
+    ), explain(proc)
+    assert "Traceback" not in proc.stderr, explain(proc)
+    ckpt = run_dir / "checkpoints"
+    assert (ckpt / "latest").read_text() == "global_step2" and first_bad_file(ckpt / "global_step2") is None
+    assert not (ckpt / "global_step4" / "COMPLETE").exists()
 
 
 def test_rerun_without_resume_refuses_and_keeps_the_run(bash_run):
