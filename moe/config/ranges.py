@@ -102,6 +102,10 @@ RECIPE_RANGES: dict[str, Bound | None] = {
     "train.save_interval": NON_NEGATIVE,
     "train.keep_checkpoints": NON_NEGATIVE,
     "train.log_interval": AT_LEAST_1,
+    "train.hang_timeout_s": NON_NEGATIVE,  # 0 = no watchdog
+    "train.startup_timeout_s": NON_NEGATIVE,
+    "train.max_skipped_steps": AT_LEAST_1,
+    "train.loss_spike_factor": Bound(1, lo_open=True),
     "logging.peak_tflops": POSITIVE,
 }
 

@@ -124,6 +124,10 @@ class TrainConfig:
     save_interval: int = 0  # steps between checkpoints (0 = only at the end)
     keep_checkpoints: int = 0  # complete checkpoints kept, newest first (0 = all)
     log_interval: int = 1
+    hang_timeout_s: float = 1800.0  # a rank with no progress this long dumps its stacks and ends the job (0 = off)
+    startup_timeout_s: float = 3600.0  # the same limit before the first step: op builds, data preparation
+    max_skipped_steps: int = 10  # this many steps in a row skipped for a non-finite loss/grad norm stop the run
+    loss_spike_factor: float | None = 2.0  # a loss above this x the running median is logged as a spike (None = off)
     recompute: str = (
         "blocks"  # with an activation_checkpointing section: blocks | mlp (moe/train/activation_checkpointing.py)
     )

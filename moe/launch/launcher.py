@@ -23,6 +23,7 @@ from moe.config.args import DEFAULT_DS_CONFIG, DEFAULT_RECIPE, parse_trainer_arg
 from moe.launch.build_locks import clear_and_report
 from moe.launch.env_vars import PORTS, check_env_vars, env_int
 from moe.launch.preflight import preflight
+from moe.launch.restarts import supervise
 
 REPO = Path(__file__).resolve().parents[2]  # the checkout this package is installed from (pip install -e .)
 TRAINER = REPO / "recipes" / "pretrain_moe.py"
@@ -39,6 +40,8 @@ def launcher_parser() -> argparse.ArgumentParser:
     p.add_argument("--hostfile", default=env("HOSTFILE") or None)
     p.add_argument("--master_port", type=int, default=env_int("MASTER_PORT", 29500, *PORTS))
     p.add_argument("--master_addr", default=env("MASTER_ADDR") or None)
+    p.add_argument("--max_restarts", type=int, default=env_int("MAX_RESTARTS", 0, lo=0))
+    p.add_argument("--restart_backoff_s", type=float, default=10.0)
     return p
 
 
@@ -49,6 +52,8 @@ def parse_launcher_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]
         ("--num_gpus", launch.num_gpus, 1, None),
         ("--num_nodes", launch.num_nodes, 1, None),
         ("--master_port", launch.master_port, *PORTS),
+        ("--max_restarts", launch.max_restarts, 0, None),
+        ("--restart_backoff_s", launch.restart_backoff_s, 0, None),
     ):
         if value is not None and (value < lo or (hi is not None and value > hi)):
             raise ConfigError(f"{name}={value} must be {f'between {lo} and {hi}' if hi else f'at least {lo}'}")
@@ -148,7 +153,7 @@ def spawn(argv: list[str]) -> None:
         cmd += local_device_args(gpus, cuda)
     cmd += [str(TRAINER)] + trainer_argv
     print(f"launch: {world_size} rank(s): {' '.join(cmd[3:])}", flush=True)
-    os.execv(sys.executable, cmd)
+    sys.exit(supervise(cmd, resolved.run_dir, world_size, launch.max_restarts, launch.restart_backoff_s))
 
 
 def prepare_shards(resolved) -> None:

@@ -18,8 +18,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def init_distributed() -> tuple[int, int]:
-    """Join the process group the DeepSpeed launcher set up (gloo on CPU, nccl on GPU); (rank, world_size)."""
+def init_distributed(timeout_s: float = 1800.0) -> tuple[int, int]:
+    """Join the process group the DeepSpeed launcher set up (gloo on CPU, nccl on GPU); (rank, world_size).
+    `timeout_s` bounds every collective (a peer that never answers); the rank's watchdog fires before it."""
     import deepspeed
     import deepspeed.comm as dist
 
@@ -32,7 +33,7 @@ def init_distributed() -> tuple[int, int]:
                 MASTER_ADDR="127.0.0.1",
                 MASTER_PORT=os.environ.get("MASTER_PORT", "29500"),
             )
-        deepspeed.init_distributed(timeout=datetime.timedelta(minutes=30))
+        deepspeed.init_distributed(timeout=datetime.timedelta(seconds=timeout_s))
         _unlink_shm_buffer(dist)
     if torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))

@@ -9,7 +9,7 @@ import torch
 from moe.model.gate import RouterGate
 from moe.parallel import all_reduce_mean, all_reduce_sum
 from moe.train.evaluation import EvalResult, EvalSet, row_losses
-from moe.train.grad_norm import install_expert_aware_clipping
+from moe.train.grad_norm import install_expert_aware_clipping, install_nonfinite_skip
 
 
 def update_routing_biases(module: torch.nn.Module) -> None:
@@ -34,6 +34,8 @@ class MicroBatchSteps:
     def __init__(self, engine, spec, telemetry, recipe):
         self.engine, self.spec, self.telemetry, self.recipe = engine, spec, telemetry, recipe
         install_expert_aware_clipping(engine)  # ZeRO-0 fp32: DeepSpeed's own averages per-rank norms
+        install_nonfinite_skip(engine)  # ZeRO-0 fp32: the one DeepSpeed path that applies a NaN gradient
+        self.poison_loss = False  # fault injection (moe/train/faults.py): this rank's loss becomes NaN
 
     def train(self, batches, first_sample: int, accum: int) -> list[float]:
         """Forward, backward and step over `accum` micro-batches from stream position `first_sample`;
@@ -43,11 +45,12 @@ class MicroBatchSteps:
         for micro in range(accum):
             ids = batches.at_sample(first_sample + micro * batches.samples_per_micro_step).to(engine.device)  # (B, T)
             out = engine(ids, labels=ids)
-            engine.backward(out.loss)
+            loss = out.loss * float("nan") if self.poison_loss else out.loss
+            engine.backward(loss)
             engine.step()
             lm_loss, aux_loss = self.spec.loss_parts(out, self.recipe)
             self.telemetry.record(out)
-            sums += torch.stack([out.loss.detach(), lm_loss.detach(), aux_loss.detach()]).double()
+            sums += torch.stack([loss.detach(), lm_loss.detach(), aux_loss.detach()]).double()
         update_routing_biases(engine.module)  # aux-loss-free balancing (moe.bias_update_rate), after the step
         return all_reduce_mean(sums / accum)  # the step's one read of the losses
 

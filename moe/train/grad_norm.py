@@ -53,3 +53,32 @@ def install_expert_aware_clipping(engine) -> None:
 
     # Called from DeepSpeedEngine._take_model_step when gradient_clipping > 0 on this path.
     engine.clip_fp32_gradients = clip_fp32_gradients
+
+
+def install_nonfinite_skip(engine) -> None:
+    """Give the plain fp32 optimizer of ZeRO-0 the contract DeepSpeed's other optimizers keep: `overflow` is set
+    and the update skipped when any gradient is inf or NaN on any rank. The engine then counts the skip and does
+    not step the LR scheduler (DeepSpeedEngine._take_model_step reads `optimizer.overflow`). One norm per
+    parameter (torch's fused foreach norm, as clip_grad_norm_ takes it) and one all-reduce of one flag a step."""
+    if engine.zero_optimization() or engine.fp16_enabled() or engine.bfloat16_enabled():
+        return
+    import deepspeed.comm as dist
+
+    optimizer = engine.optimizer
+    step = optimizer.step
+
+    def step_if_finite(*args, **kwargs):
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        bad = torch.zeros((), dtype=torch.float32, device=engine.device)
+        if grads:
+            bad = (~torch.stack(torch._foreach_norm(grads)).isfinite()).any().float()
+        if dist.is_initialized() and dist.get_world_size() > 1:
+            dist.all_reduce(bad, op=dist.ReduceOp.MAX)
+        optimizer.overflow = bool(bad)
+        if optimizer.overflow:
+            engine._global_grad_norm = float("inf")
+            return None
+        return step(*args, **kwargs)
+
+    optimizer.overflow = False
+    optimizer.step = step_if_finite

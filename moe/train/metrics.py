@@ -16,6 +16,10 @@ def wandb_mode() -> str:
     return "online" if has_key else "offline"
 
 
+RESTART_ENV = "MOE_RESTART"  # the launcher's attempt number, 0 for the first (moe/launch/restarts.py)
+RESTART_REASON_ENV = "MOE_RESTART_REASON"  # and why the attempt before it ended
+
+
 class MetricsLog:
     def __init__(self, run_dir: Path, resolved_config: dict, recipe, wandb_id: str | None, resume_step: int = 0):
         self.path = run_dir / "metrics.jsonl"
@@ -59,6 +63,14 @@ class MetricsLog:
                 },
                 step=record["step"],
             )
+
+    def log_restart(self, step: int, attempt: int, reason: str) -> None:
+        """An automatic restart (moe/launch/restarts.py): a metrics.jsonl record, and the W&B run's summary (a
+        history row at a step the run already logged would be dropped by W&B)."""
+        with self.path.open("a") as f:
+            f.write(json.dumps({"step": step, "restart": attempt, "restart_reason": reason}) + "\n")
+        if self.wandb_run:
+            self.wandb_run.summary.update({"restarts": attempt, "last_restart_reason": reason})
 
     def close(self) -> None:
         if self.wandb_run:

@@ -4,6 +4,7 @@ metrics. One rank's view; every rank runs the same loop (moe/launch/rank.py star
 from __future__ import annotations
 
 import math
+import os
 import random
 import time
 
@@ -17,7 +18,8 @@ from moe.parallel import barrier
 from moe.train.accumulate import MicroBatchSteps
 from moe.train.engine import build_engine
 from moe.train.evaluation import EvalSet
-from moe.train.metrics import MetricsLog
+from moe.train.faults import inject_step_faults, nan_loss
+from moe.train.metrics import RESTART_ENV, RESTART_REASON_ENV, MetricsLog
 from moe.train.model_spec import model_spec
 from moe.train.pipeline_step import PipelineSteps
 from moe.train.router_telemetry import router_metrics
@@ -28,7 +30,9 @@ from moe.train.run_folder import (
     write_model_files,
     write_resolved_config,
 )
+from moe.train.step_health import StepHealth, StepHealthError
 from moe.train.throughput import ThroughputMeter
+from moe.train.watchdog import Progress, watch_engine
 
 
 def seed_everything(seed: int) -> None:
@@ -38,14 +42,17 @@ def seed_everything(seed: int) -> None:
 
 
 class Trainer:
-    def __init__(self, resolved: Resolved, rank: int, resume: bool = False):
+    def __init__(self, resolved: Resolved, rank: int, resume: bool = False, progress: Progress | None = None):
+        """`progress`: where this rank is, for its hang watchdog and end record (moe/launch/rank.py)."""
         self.resolved, self.rank, self.resume = resolved, rank, resume
+        self.progress = progress or Progress()
         self.recipe, self.run_dir = resolved.recipe, resolved.run_dir
         self.spec = model_spec(self.recipe)
         if rank == 0:
             write_resolved_config(resolved)
         self.data = self._prepare_data()
         self.engine = self._build_engine()
+        watch_engine(self.engine, self.progress)
         self.model_config = self.engine.module.config
         compiled = self.spec.compile(self.engine, resolved.ds_config)  # the ds_config's section; never with PP
         if compiled and rank == 0:
@@ -75,12 +82,17 @@ class Trainer:
                 print(f"warning: {warning}", flush=True)
         self._make_batches(self.engine.grid.get_data_parallel_rank() if pipeline else rank)
         self.step = self.samples_consumed = 0  # optimizer steps taken, training samples drawn (global)
+        t = self.recipe.train
+        self.health = StepHealth(t.max_skipped_steps, t.loss_spike_factor, fp16=resolved.precision == "fp16")
         self.last_val_loss = None
         wandb_id = self._restore() if resume else None
         self.code_version = checkpoint.code_version() if rank == 0 else {}
         self.metrics = (
             MetricsLog(self.run_dir, resolved.as_dict(), self.recipe, wandb_id, self.step) if rank == 0 else None
         )
+        attempt = int(os.environ.get(RESTART_ENV) or 0)  # set by the launcher's automatic restarts
+        if self.metrics and attempt:
+            self.metrics.log_restart(self.step, attempt, os.environ.get(RESTART_REASON_ENV, ""))
 
     def _prepare_data(self):
         """The launcher prepared the shards before spawning; rank 0 builds what is still missing (a job started
@@ -150,10 +162,14 @@ class Trainer:
             record = self.train_step()
             bar.update(1)
             bar.set_postfix(loss=f"{record['loss']:.3f}", tok_s=f"{record['tokens_per_s']:.0f}")
-            if self.step % t.log_interval == 0 or self.step == t.max_steps:
+            # a skipped step logs its router telemetry whatever the interval: the verdict is the same on every rank
+            if self.step % t.log_interval == 0 or self.step == t.max_steps or record.get("skipped"):
                 record.update(self.router_metrics())  # a collective: every rank, on the same steps
                 if self.metrics:
                     self.metrics.log(record)
+            stop = self.health.stop_reason()
+            if stop:
+                raise StepHealthError(stop)
             last = self.step == t.max_steps
             if (t.eval_interval and self.step % t.eval_interval == 0) or last:
                 self.validate()
@@ -166,6 +182,9 @@ class Trainer:
 
     def train_step(self) -> dict:
         engine = self.engine
+        self.progress.report("data", self.step + 1)
+        inject_step_faults(self.rank, self.step + 1)
+        self.steps.poison_loss = nan_loss(self.rank, self.step + 1)
         start = time.perf_counter()
         lr = engine.get_lr()[0]
         loss, lm_loss, aux_loss = self.steps.train(self.batches, self.samples_consumed, self.recipe.train.grad_accum)
@@ -194,6 +213,11 @@ class Trainer:
             )
         if self.throughput:
             record.update(self.throughput.record(engine, elapsed))
+        health = self.health.check(self.step, loss, record["grad_norm"], engine.was_step_applied())
+        warning = self.health.warning(self.step, loss, record["grad_norm"], health)
+        if warning and self.rank == 0:
+            print(f"warning: {warning}", flush=True)
+        record.update(health)
         return record
 
     @property
@@ -211,6 +235,7 @@ class Trainer:
     @torch.no_grad()
     def validate(self) -> float:
         """Score the validation set (and the training sample): mean per-block loss and its standard error."""
+        self.progress.report("validation")
         self.engine.eval()
         results = {name: self.steps.evaluate(es, self.dp_rank, self.dp_size) for name, es in self.eval_sets.items()}
         self.engine.train()
@@ -229,6 +254,7 @@ class Trainer:
         return val.loss
 
     def save(self) -> None:
+        self.progress.report("checkpoint")
         client_state = {
             "step": self.step,
             "samples_consumed": self.samples_consumed,

@@ -2,7 +2,10 @@
 
 import itertools
 import json
+import math
 import os
+import re
+import time
 from pathlib import Path
 
 import pytest
@@ -14,6 +17,13 @@ from tests.helpers import BASH_RUN_STEPS as STEPS
 from tests.helpers import TINY, explain, launch_bash, read_metrics, snapshot
 
 pytestmark = pytest.mark.e2e
+
+
+def job_end_line(proc) -> str:
+    """The launcher's one line on why the job ended (moe/launch/job_end.py); exactly one."""
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1, explain(proc)
+    return lines[0]
 
 
 def train_records(metrics: list[dict]) -> list[dict]:
@@ -119,6 +129,9 @@ def test_sigkill_mid_save_and_a_corrupted_checkpoint_resume_from_the_last_good_o
     # Rank 0 SIGKILLs itself at step 15 after every rank wrote its files, before the checkpoint is committed.
     proc = launch_bash(*every5_keep2, MOE_FAULT_SIGKILL_DURING_SAVE="15")
     assert proc.returncode != 0, explain(proc)
+    line = job_end_line(proc)  # the rank that died, how, and where the others were
+    assert line.startswith("error: rank 0 (pid ") and "was killed by SIGKILL" in line, line
+    assert re.search(r"(after step 15;|at step 15 \(rank 1 was in checkpoint\))", line), line  # terminated or failed
     ckpt = run_dir / "checkpoints"
     assert (ckpt / "global_step15").is_dir() and not (ckpt / "global_step15" / "COMPLETE").exists()
     assert {p.name for p in ckpt.glob("global_step*")} == {"global_step5", "global_step10", "global_step15"}
@@ -160,6 +173,96 @@ def test_a_save_that_cannot_write_ends_the_job_in_one_line_and_keeps_latest(tmp_
     ckpt = run_dir / "checkpoints"
     assert (ckpt / "latest").read_text() == "global_step2" and first_bad_file(ckpt / "global_step2") is None
     assert not (ckpt / "global_step4" / "COMPLETE").exists()
+
+
+def test_a_rank_killed_inside_a_collective_is_named_and_the_restart_resumes_bit_exact(bash_run, tmp_path):
+    """Rank 1 enters step 7's first collective (the MoE all-to-all) and is SIGKILLed there, while rank 0 is still
+    on its way to it (moe/train/faults.py). The launcher names it, restarts the job once from global_step5
+    (`--resume`), and the run ends as the uninterrupted one did."""
+    _, full_run = bash_run
+    run_dir = tmp_path / "tiny"
+    args = (*TINY, f"logging.runs_dir={tmp_path}", "train.save_interval=5", "--max_restarts", "1")
+    proc = launch_bash(*args, "--restart_backoff_s", "0", MOE_FAULT_SIGKILL_IN_COLLECTIVE="1:7")
+    assert proc.returncode == 0, explain(proc)
+    line = job_end_line(proc)
+    assert line.startswith("error: rank 1 (pid ") and "was killed by SIGKILL" in line, line
+    assert re.search(r"(after step 6;|at step 7 \(rank 0 was in forward\))", line), line  # terminated or failed
+    assert "restart 1/1 in 0 s, from global_step5" in proc.stdout, explain(proc)
+    first = run_dir / "ranks" / "attempt0"
+    died = json.loads((first / "rank1.exit").read_text())
+    assert (
+        died["signal"] == "SIGKILL"
+        and json.loads((first / "job_end.json").read_text())["ended"] - died["exited_at"] < 60
+    )
+
+    metrics = read_metrics(run_dir)
+    assert [(m["step"], m["restart"]) for m in metrics if "restart" in m] == [(5, 1)]
+    assert "rank 1" in next(m for m in metrics if "restart" in m)["restart_reason"]
+    resumed, reference = train_records(metrics), train_records(read_metrics(full_run))
+    assert [(m["step"], m["loss"], m["lr"]) for m in resumed] == [(m["step"], m["loss"], m["lr"]) for m in reference]
+
+
+def test_a_nan_loss_skips_the_step_without_an_update(tmp_path):
+    """Rank 1's loss is NaN at step 5, so every rank's gradients are after the reduce: on ZeRO-0 fp32 (the path
+    whose optimizer check is ours, moe/train/grad_norm.py) the step is skipped, the LR schedule does not move,
+    the weights stay: the validation loss after step 5 is the one after step 4, bit for bit."""
+    run_dir = tmp_path / "tiny"
+    zero0 = ("--recipe", "recipes/tiny.yaml", "--ds_config", "ds_configs/zero0.json", "logging.progress_bar=false")
+    args = (*zero0, f"logging.runs_dir={tmp_path}", "train.max_steps=7")
+    proc = launch_bash(*args, "train.eval_interval=1", "logging.wandb=false", MOE_FAULT_NAN_LOSS="1:5")
+    assert proc.returncode == 0, explain(proc)
+    assert "warning: step 5 skipped: loss nan, grad norm inf (no optimizer or LR step; 1 in a row" in proc.stdout
+    metrics = read_metrics(run_dir)
+    train, val = {m["step"]: m for m in train_records(metrics)}, {m["step"]: m for m in val_records(metrics)}
+    assert [s for s, m in train.items() if m.get("skipped")] == [5] and train[5]["nonfinite_skips"] == 1
+    assert math.isnan(train[5]["loss"]) and train[5]["grad_norm"] == math.inf
+    assert "router/layer1/tokens_per_expert" in train[5]  # the skipped step's routing, kept for diagnosis
+    assert val[5]["val_loss"] == val[4]["val_loss"] and val[6]["val_loss"] != val[5]["val_loss"]
+    assert train[6]["lr"] == train[5]["lr"] != train[4]["lr"]  # the scheduler skipped step 5 too
+    assert all(math.isfinite(train[s]["loss"]) for s in (6, 7))
+
+
+def test_nan_steps_in_a_row_stop_the_run_and_a_restart_does_not_repeat_it(tmp_path):
+    """From step 3 on rank 1's loss is always NaN (bad data: every attempt). ZeRO-1 (DeepSpeed's own check)
+    skips steps 3 and 4, train.max_skipped_steps=2 stops the run; the one restart from global_step2 meets the same
+    stop at the same step, and the launcher does not try again."""
+    run_dir = tmp_path / "tiny"
+    args = (*TINY, f"logging.runs_dir={tmp_path}", "train.max_steps=6", "train.save_interval=2")
+    proc = launch_bash(
+        *args, "train.max_skipped_steps=2", "logging.wandb=false", "--max_restarts", "3", "--restart_backoff_s", "0",
+        MOE_FAULT_NAN_LOSS="1:3-99",
+    )  # fmt: skip
+    assert proc.returncode == 4, explain(proc)
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    stop = (
+        "error: 2 steps in a row skipped for a non-finite loss or gradient norm (steps 3-4; train.max_skipped_steps=2)"
+    )
+    assert [line.startswith(stop) for line in errors] == [True, True, False], explain(proc)
+    assert errors[-1].startswith("error: not restarting: the same failure at the same step twice"), errors
+    assert proc.stdout.count("restart 1/3 in 0 s, from global_step2") == 1 and "restart 2/3" not in proc.stdout
+    ckpt = run_dir / "checkpoints"
+    assert (ckpt / "latest").read_text() == "global_step2" and not (ckpt / "global_step4").exists()
+
+
+def test_a_hung_rank_dumps_its_stacks_and_ends_the_job_in_one_line(tmp_path):
+    """Rank 1 blocks in step 3's data read; rank 0 waits for it in the step's collectives. Rank 1's watchdog fires
+    after train.hang_timeout_s, writes every thread's stack and ends the job (moe/train/watchdog.py)."""
+    run_dir = tmp_path / "tiny"
+    args = (*TINY, f"logging.runs_dir={tmp_path}", "train.max_steps=4", "train.hang_timeout_s=5")
+    start = time.time()
+    proc = launch_bash(*args, "logging.wandb=false", MOE_FAULT_HANG_AT_STEP="1:3")
+    elapsed = time.time() - start
+    assert proc.returncode == 3, explain(proc)
+    line = job_end_line(proc)
+    assert re.fullmatch(
+        rf"error: rank 1 made no progress for [5-9] s \(step 3 in data; train.hang_timeout_s=5\); every thread's "
+        rf"stack is in {re.escape(str(run_dir / 'hang-rank1.txt'))}; the other ranks: 1 .*",
+        line,
+    ), explain(proc)
+    stacks = (run_dir / "hang-rank1.txt").read_text()
+    assert "inject_step_faults" in stacks and "train_step" in stacks
+    last_step = train_records(read_metrics(run_dir))[-1]
+    assert last_step["step"] == 2 and time.time() - last_step["time"] < 5 + 30, elapsed
 
 
 def test_rerun_without_resume_refuses_and_keeps_the_run(bash_run):

@@ -20,11 +20,13 @@ from tests.helpers import REPO, explain, run
 pytestmark = pytest.mark.e2e
 SBATCH = REPO / "launch" / "slurm_pretrain_moe.sbatch"
 FAKE_SCONTROL = """#!/usr/bin/env bash
+if [[ "$1" == requeue ]]; then echo "$*" >> "$FAKE_SCONTROL_LOG"; exit 0; fi
 [[ "$1 $2" == "show hostnames" && "$3" == "$SLURM_JOB_NODELIST" ]] || { echo "scontrol: unexpected $*" >&2; exit 1; }
 printf '%s\\n' $FAKE_HOSTS
 """
 FAKE_SRUN = """#!/usr/bin/env bash
 printf '%s\\n' "MOE_SLURM_NODE_TASK=$MOE_SLURM_NODE_TASK" "$@" > "$FAKE_SRUN_LOG"
+exit "${FAKE_SRUN_EXIT:-0}"
 """
 
 
@@ -44,6 +46,7 @@ def fake_slurm(tmp_path: Path, hosts: list[str], gpus_per_node: int, **extra: st
         "SLURM_JOB_ID": "4242",
         "SLURM_SUBMIT_DIR": str(REPO),
         "FAKE_SRUN_LOG": str(tmp_path / "srun.log"),
+        "FAKE_SCONTROL_LOG": str(tmp_path / "scontrol.log"),
         "MASTER_ADDR": "",
         "MASTER_PORT": "",
         **extra,
@@ -141,3 +144,32 @@ def test_bad_config_stops_the_job_before_srun(tmp_path):
     proc = run(["bash", str(SBATCH), "--recipe", "recipes/tiny.yaml", "moe.num_experts=3"], timeout=60, **env)
     assert proc.returncode != 0 and "error: moe.num_experts=3 is not divisible" in proc.stderr, explain(proc)
     assert not (tmp_path / "srun.log").exists()
+
+
+def test_a_failed_job_requeues_itself_and_resumes_and_the_same_failure_twice_does_not(tmp_path):
+    """srun's exit code is the job's (a stand-in srun fails here); a requeue is SLURM_RESTART_COUNT + 1."""
+    hosts, args = ["gpu-a01", "gpu-a02"], [*TRAINER_ARGS, f"logging.runs_dir={tmp_path}"]
+    first = run(["bash", str(SBATCH), *args], timeout=60, **fake_slurm(tmp_path, hosts, 2, FAKE_SRUN_EXIT="1"))
+    assert first.returncode == 1 and "restart 1/3: requeueing job 4242" in first.stdout, explain(first)
+    assert (tmp_path / "scontrol.log").read_text() == "requeue 4242\n"
+    assert first.stderr.count("error: ") == 1 and "before any rank started" in first.stderr, explain(first)
+
+    ckpt = tmp_path / "slurm run" / "checkpoints"  # the first attempt had saved global_step5 before it failed
+    (ckpt / "global_step5").mkdir(parents=True)
+    (ckpt / "global_step5" / "COMPLETE").write_text("")
+    (ckpt / "latest").write_text("global_step5")
+    requeued = fake_slurm(tmp_path, hosts, 2, SLURM_RESTART_COUNT="1", DRY_RUN="1")
+    dry = run(["bash", str(SBATCH), *args], timeout=60, **requeued)
+    assert dry.returncode == 0, explain(dry)
+    assert all(launcher_args(c)["script_args"] == [*args, "--resume"] for _, c in node_commands(dry.stdout).values())
+
+    again = run(["bash", str(SBATCH), *args], timeout=60, **{**requeued, "DRY_RUN": "0", "FAKE_SRUN_EXIT": "1"})
+    assert again.returncode == 1 and "error: not requeueing: the same failure at the same step twice" in again.stderr
+    assert (tmp_path / "scontrol.log").read_text() == "requeue 4242\n", explain(again)  # no second requeue
+
+
+def test_a_config_error_inside_the_job_is_not_requeued(tmp_path):
+    env = fake_slurm(tmp_path, ["gpu-a01"], 2, FAKE_SRUN_EXIT="2")
+    proc = run(["bash", str(SBATCH), *TRAINER_ARGS, f"logging.runs_dir={tmp_path}"], timeout=60, **env)
+    assert proc.returncode == 2 and "not requeueing: a config error" in proc.stderr, explain(proc)
+    assert not (tmp_path / "scontrol.log").exists()
