@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from moe.checkpoint.metadata import latest_tag
-from moe.launch.job_end import Ending, explain
+from moe.launch.job_end import Ending, explain, last_logged_step
 from moe.launch.rank_record import SUPERVISED_ENV, ranks_dir
 from moe.train.metrics import RESTART_ENV, RESTART_REASON_ENV
 
@@ -39,7 +39,7 @@ def supervise(cmd: list[str], run_dir: Path, world_size: int, max_restarts: int 
             env[RESTART_REASON_ENV] = previous.line or " ".join(map(str, previous.cause))
         returncode = run_attempt(resumable(cmd, run_dir, attempt), ranks_dir(run_dir, attempt), env)
         ending = explain(run_dir, returncode, world_size, attempt)
-        write_job_end(ranks_dir(run_dir, attempt), returncode, ending)
+        write_job_end(run_dir, attempt, returncode, ending)
         if ending is None:
             return 0
         if ending.line:
@@ -89,11 +89,13 @@ def run_attempt(cmd: list[str], records: Path, env: dict) -> int:
     return returncode if returncode >= 0 else 128 - returncode
 
 
-def write_job_end(records: Path, returncode: int, ending: Ending | None) -> None:
-    """The attempt's end beside its ranks' records: exit code, line, cause and when (the time to detect a dead
-    rank is this minus its parent's `exited_at`)."""
+def write_job_end(run_dir: Path, attempt: int, returncode: int, ending: Ending | None) -> None:
+    """The attempt's end beside its ranks' records: exit code, line, cause, when (the time to detect a dead rank
+    is this minus its parent's `exited_at`) and the last step in metrics.jsonl (a restart then rewinds it)."""
+    records = ranks_dir(run_dir, attempt)
     records.mkdir(parents=True, exist_ok=True)
     end = {"exit_code": returncode, "ended": time.time()}
+    end["last_logged_step"] = last_logged_step(Path(run_dir) / "metrics.jsonl")
     if ending:
         end.update(line=ending.line, cause=list(ending.cause))
     (records / JOB_END).write_text(json.dumps(end) + "\n")
@@ -135,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
             print("--resume")
         return 0
     ending = explain(run_dir, ours.exit_code, ours.world_size, ours.attempt)
-    write_job_end(ranks_dir(run_dir, ours.attempt), ours.exit_code, ending)
+    write_job_end(run_dir, ours.attempt, ours.exit_code, ending)
     if ending and ending.line:
         print(f"error: {ending.line}", file=sys.stderr, flush=True)
     previous = read_job_end(ranks_dir(run_dir, ours.attempt - 1)) if ours.attempt else None

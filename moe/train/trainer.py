@@ -235,9 +235,9 @@ class Trainer:
     @torch.no_grad()
     def validate(self) -> float:
         """Score the validation set (and the training sample): mean per-block loss and its standard error."""
-        self.progress.report("validation")
         self.engine.eval()
-        results = {name: self.steps.evaluate(es, self.dp_rank, self.dp_size) for name, es in self.eval_sets.items()}
+        with self.progress.within("validation"):
+            results = {name: self.steps.evaluate(es, self.dp_rank, self.dp_size) for name, es in self.eval_sets.items()}
         self.engine.train()
         if self.throughput:
             self.throughput.forget_work_between_steps(self.engine)

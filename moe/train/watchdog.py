@@ -20,6 +20,7 @@ import faulthandler
 import os
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 EXIT_HUNG = 3
@@ -30,11 +31,22 @@ class Progress:
 
     def __init__(self) -> None:
         self.step, self.phase, self.last, self.wall = 0, "startup", time.monotonic(), time.time()
+        self.outer: str | None = None  # a phase that holds while the engine's calls inside it report (validation)
 
     def report(self, phase: str, step: int | None = None) -> None:
-        self.phase, self.last, self.wall = phase, time.monotonic(), time.time()
+        self.phase, self.last, self.wall = self.outer or phase, time.monotonic(), time.time()
         if step is not None:
             self.step = step
+
+    @contextmanager
+    def within(self, phase: str):
+        """Report `phase`, and keep it as the phase of every report inside (validation's forward passes)."""
+        self.report(phase)
+        self.outer = phase
+        try:
+            yield
+        finally:
+            self.outer = None
 
     def describe(self) -> str:
         return f"step {self.step} in {self.phase}" if self.step else f"start-up ({self.phase})"
