@@ -2,7 +2,7 @@
 the steps lost and whether the recovery ended bit for bit as an uninterrupted run.
 
     python benchmarks/faults.py                         # recipes/tiny.yaml on 2 CPU ranks, 20 steps, 2 restarts
-    python benchmarks/faults.py --json /tmp/faults.json
+    python benchmarks/faults.py --steps 10 --only NaN --json /tmp/faults.json   # the faults whose name has "NaN"
 
 Each fault runs `bash launch/pretrain_moe.sh --max_restarts 2 --restart_backoff_s 1` with checkpoints every 5 steps
 and the fault's environment variable (docs/failures.md, "Fault injection"); a corrupted checkpoint is a bit flipped
@@ -12,7 +12,8 @@ on disk between a killed job and its `--resume`. The reference is the same job w
   rank's parent records when it died; a hung rank's record says when it last made progress (so it includes
   train.hang_timeout_s); a disk that refused a write, a NaN stop: the failing rank's end record.
 - steps_lost: the failed attempt's last logged step minus the step the next attempt resumed from.
-- bit_exact: the final losses and learning rates equal the reference's, step for step.
+- bit_exact: the final losses and learning rates equal the reference's, step for step (null when nothing was
+  resumed: a skipped NaN step changes the run on purpose).
 Writes --json (default benchmarks/results/faults.json).
 """
 
@@ -29,10 +30,11 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 RESULT = REPO / "benchmarks" / "results" / "faults.json"
-STEPS, SAVE_EVERY = 20, 5
-BASE = ["--recipe", "recipes/tiny.yaml", "--ds_config", "ds_configs/zero1.json", f"train.max_steps={STEPS}",
-        f"train.save_interval={SAVE_EVERY}", "logging.progress_bar=false", "logging.wandb=false"]  # fmt: skip
+SAVE_EVERY = 5
+BASE = ["--recipe", "recipes/tiny.yaml", "--ds_config", "ds_configs/zero1.json", f"train.save_interval={SAVE_EVERY}",
+        "logging.progress_bar=false", "logging.wandb=false"]  # fmt: skip
 RESTARTS = ["--max_restarts", "2", "--restart_backoff_s", "1"]
+CORRUPTED = "a checkpoint file is corrupted on disk (then --resume)"
 
 # name -> (environment, extra trainer args); step 8 falls between the checkpoints at 5 and 10
 FAULTS = {
@@ -93,7 +95,7 @@ def corrupted_checkpoint(folder: Path, reference: list[tuple]) -> dict:
     data[len(data) // 2] ^= 0x10
     shard.write_bytes(data)
     proc, wall_s = launch(runs_dir, [*BASE, "--resume"], {})
-    row = summarize("a checkpoint file is corrupted on disk (then --resume)", runs_dir, proc, wall_s, reference)
+    row = summarize(CORRUPTED, runs_dir, proc, wall_s, reference)
     row["steps_lost"] = 15 - resumed_from(proc.stdout + proc.stderr)
     return row
 
@@ -115,29 +117,34 @@ def summarize(name: str, runs_dir: Path, proc, wall_s: float, reference: list[tu
     return {
         "fault": name,
         "exit_code": proc.returncode,
-        "detect_s": round(detect_s(first), 2) if ended else None,
+        "detect_s": round(seconds, 2) if ended and (seconds := detect_s(first)) is not None else None,
         "lines": errors or warnings[:2],
         "restarts": len(restarts),
         "resumed_from": restarts[0][1] if restarts else None,
         "steps_lost": ended.get("last_logged_step", 0) - resumed_from(output) if restarts else 0,
         "final_step": logged[-1] if logged else 0,
-        "bit_exact": train_curve(run_dir) == reference,
+        "bit_exact": train_curve(run_dir) == reference if restarts or "resumed from" in output else None,
         "wall_s": round(wall_s, 1),
     }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=20, help="steps per job (the faults are at steps 8 to 15)")
+    parser.add_argument("--only", default="", help="the faults whose name contains this")
     parser.add_argument("--json", type=Path, default=RESULT)
     args = parser.parse_args()
+    BASE.append(f"train.max_steps={args.steps}")
     with tempfile.TemporaryDirectory(prefix="faults-") as tmp:
         folder = Path(tmp)
         proc, wall_s = launch(folder / "reference", BASE, {})
         assert proc.returncode == 0, proc.stderr[-3000:]
         reference = train_curve(folder / "reference" / "tiny")
-        rows = [measure(name, env, extra, folder, reference) for name, (env, extra) in FAULTS.items()]
-        rows.append(corrupted_checkpoint(folder, reference))
-    result = {"steps": STEPS, "save_interval": SAVE_EVERY, "reference_wall_s": round(wall_s, 1), "faults": rows}
+        faults = {name: fault for name, fault in FAULTS.items() if args.only in name}
+        rows = [measure(name, env, extra, folder, reference) for name, (env, extra) in faults.items()]
+        if args.only in CORRUPTED:
+            rows.append(corrupted_checkpoint(folder, reference))
+    result = {"steps": args.steps, "save_interval": SAVE_EVERY, "reference_wall_s": round(wall_s, 1), "faults": rows}
     args.json.write_text(json.dumps(result, indent=2) + "\n")
     for row in rows:
         print(json.dumps(row))

@@ -24,6 +24,7 @@ import torch
 from moe.checkpoint.conversion import load_converted
 from moe.checkpoint.manifest import CORRUPT, first_bad_file, hash_share, write_manifest
 from moe.checkpoint.metadata import COMPLETE, Tag, checkpoint_dir, complete_tags, latest_tag, tag_name
+from moe.config.args import restart_attempt
 
 FAULT_ENV = "MOE_FAULT_SIGKILL_DURING_SAVE"  # fault injection for tests: step at which rank 0 dies mid-save
 FILE_SIZE_FAULT_ENV = "MOE_FAULT_FILE_SIZE_LIMIT_AT_SAVE"  # "<step>:<bytes>": file writes fail from that save on
@@ -103,7 +104,7 @@ def save(engine, run_dir: Path, step: int, client_state: dict, metadata: dict[st
     shares = [None] * world_size
     dist.all_gather_object(shares, hash_share(tag_dir, rank, world_size))
     if rank == 0:
-        if os.environ.get(FAULT_ENV) == str(step):
+        if os.environ.get(FAULT_ENV) == str(step) and not restart_attempt():  # transient: the first attempt only
             os.kill(os.getpid(), signal.SIGKILL)
         write_manifest(tag_dir, shares)
         (tag_dir / COMPLETE).write_text("")

@@ -59,7 +59,7 @@ def explain(run_dir: Path, returncode: int, world_size: int, attempt: int = 0) -
     crashed = [r for r in records.values() if r["crash"]]
     if crashed:
         r = crashed[0]
-        line = f"rank {r['rank']} ({_host(r)}) crashed at {_at(r, where)}: {r['crash']}{_others(records, r)}"
+        line = f"rank {r['rank']} ({_host(r)}) crashed {_at(r, where)}: {r['crash']}{_others(records, r)}"
         return Ending(line, ("crashed", r["rank"], r["crash"], where))
     silent = [r for r in records.values() if r.get("status") == "running" and not r["sigterm"]]
     if silent:
@@ -69,14 +69,16 @@ def explain(run_dir: Path, returncode: int, world_size: int, attempt: int = 0) -
             how = f"was killed by {how}" + (" (or the OOM killer)" if how == "SIGKILL" else "")
         else:
             how = f"ended with exit code {r['exit_code']}" if "exit_code" in r else "died without a word"
-        line = f"rank {r['rank']} ({_host(r)}) {how} at {where}{_others(records, r)}"
+        line = f"rank {r['rank']} ({_host(r)}) {how} {where}{_others(records, r)}"
         return Ending(line, ("killed", r["rank"], how, where))
     failed = sorted((r for r in records.values() if r.get("status") == "failed"), key=lambda r: r.get("ended", 0))
     if failed:
         r = failed[0]
-        line = f"rank {r['rank']} ({_host(r)}) failed at {_at(r, where)}: {r['message']}{_others(records, r)}"
+        line = f"rank {r['rank']} ({_host(r)}) failed {_at(r, where)}: {r['message']}{_others(records, r)}"
         reported = any(f.get("reported") and f["message"] == r["message"] for f in failed)  # by another rank too
         return Ending(None if reported else line, ("failed", r["exit_code"], r["step"], r["message"]))
+    if all(r["sigterm"] for r in records.values()):
+        return Ending(f"every rank was stopped by SIGTERM {where}: the job was stopped from outside", ("stopped",))
     missing = sorted(set(range(world_size)) - set(records))
     if missing:
         line = f"rank {missing[0]} never started; the job ended with exit code {returncode}"
@@ -89,7 +91,7 @@ def _where(run_dir: Path, records: dict[int, dict]) -> str:
     rank that was killed or terminated wrote no end record; rank 0 logs every step)."""
     front = max(records.values(), key=lambda r: r["step"])
     if front["step"]:
-        return f"step {front['step']} (rank {front['rank']} was in {front['phase']})"
+        return f"at step {front['step']} (rank {front['rank']} was in {front['phase']})"
     step = last_logged_step(Path(run_dir) / "metrics.jsonl")
     return f"after step {step}" if step else "before the first step"
 
@@ -115,7 +117,7 @@ def _host(record: dict) -> str:
 
 
 def _at(record: dict, where: str) -> str:
-    return f"step {record['step']} in {record['phase']}" if record["step"] else where
+    return f"at step {record['step']} in {record['phase']}" if record["step"] else where
 
 
 def _others(records: dict[int, dict], cause: dict) -> str:

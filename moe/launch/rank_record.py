@@ -28,8 +28,8 @@ import socket
 import time
 from pathlib import Path
 
+from moe.config.args import restart_attempt
 from moe.launch.rank_parent import tell_parent
-from moe.train.metrics import RESTART_ENV
 
 RANKS_DIR = "ranks"
 SUPERVISED_ENV = "MOE_SUPERVISED"  # set by moe/launch/launcher.py, which prints the job's end line itself
@@ -38,7 +38,7 @@ SUPERVISED_ENV = "MOE_SUPERVISED"  # set by moe/launch/launcher.py, which prints
 def ranks_dir(run_dir: Path, attempt: int | None = None) -> Path:
     """runs/<run>/ranks/attempt<K>: the records of one attempt of the job (K counts the launcher's automatic
     restarts, RESTART_ENV; 0 for the first)."""
-    attempt = int(os.environ.get(RESTART_ENV) or 0) if attempt is None else attempt
+    attempt = restart_attempt() if attempt is None else attempt
     return Path(run_dir) / RANKS_DIR / f"attempt{attempt}"
 
 

@@ -10,6 +10,7 @@ deterministic failure is not restarted: a config error (exit code 2), or the sam
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -20,9 +21,9 @@ import time
 from pathlib import Path
 
 from moe.checkpoint.metadata import latest_tag
+from moe.config.args import RESTART_ENV, RESTART_REASON_ENV
 from moe.launch.job_end import Ending, explain, last_logged_step
 from moe.launch.rank_record import SUPERVISED_ENV, ranks_dir
-from moe.train.metrics import RESTART_ENV, RESTART_REASON_ENV
 
 CONFIG_ERROR = 2
 JOB_END = "job_end.json"
@@ -37,14 +38,14 @@ def supervise(cmd: list[str], run_dir: Path, world_size: int, max_restarts: int 
         env = {SUPERVISED_ENV: "1", RESTART_ENV: str(attempt)}
         if previous:
             env[RESTART_REASON_ENV] = previous.line or " ".join(map(str, previous.cause))
-        returncode = run_attempt(resumable(cmd, run_dir, attempt), ranks_dir(run_dir, attempt), env)
+        returncode, stopped_by = run_attempt(resumable(cmd, run_dir, attempt), ranks_dir(run_dir, attempt), env)
         ending = explain(run_dir, returncode, world_size, attempt)
         write_job_end(run_dir, attempt, returncode, ending)
         if ending is None:
             return 0
         if ending.line:
             print(f"error: {ending.line}", file=sys.stderr, flush=True)
-        refusal = no_restart(returncode, ending, previous)
+        refusal = f"the job was stopped by {stopped_by}" if stopped_by else no_restart(returncode, ending, previous)
         if refusal or attempt == max_restarts:
             if max_restarts:
                 why = refusal or f"all {max_restarts} restart(s) used"
@@ -74,19 +75,35 @@ def resumable(cmd: list[str], run_dir: Path, attempt: int) -> list[str]:
     return [*cmd, "--resume"]
 
 
-def run_attempt(cmd: list[str], records: Path, env: dict) -> int:
-    """One attempt of the job; a scheduler's SIGTERM or a kill of this process goes to the whole job."""
+def run_attempt(cmd: list[str], records: Path, env: dict) -> tuple[int, str | None]:
+    """One attempt of the job: (its exit code, the signal that stopped it from outside, if one did). A scheduler's
+    SIGTERM, a kill of this process or Ctrl-C goes to the whole job, and then nothing restarts it.
+
+    A SIGTERM goes to every process of the job: DeepSpeed's local runner does not pass it on
+    (deepspeed/launcher/runner.py handles it for pdsh only), so a SIGTERM to the runner alone would leave its
+    launch.py and the ranks training as orphans. Ctrl-C reaches them all already (they share the terminal's
+    process group), so SIGINT is only noted."""
+    import psutil  # a dependency of DeepSpeed's launcher
+
     shutil.rmtree(records, ignore_errors=True)  # an earlier job's attempt of the same number
     child = subprocess.Popen(cmd, env={**os.environ, **env})
-    handlers = {
-        s: signal.signal(s, lambda sig, _frame: child.send_signal(sig)) for s in (signal.SIGINT, signal.SIGTERM)
-    }
+    stopped_by = []
+
+    def forward(signum, _frame):
+        stopped_by.append(signal.Signals(signum).name)
+        if signum == signal.SIGTERM:
+            with contextlib.suppress(psutil.Error):
+                for process in [psutil.Process(child.pid), *psutil.Process(child.pid).children(recursive=True)]:
+                    with contextlib.suppress(psutil.Error):
+                        process.send_signal(signum)
+
+    handlers = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         returncode = child.wait()
     finally:
         for s, handler in handlers.items():
             signal.signal(s, handler)
-    return returncode if returncode >= 0 else 128 - returncode
+    return (returncode if returncode >= 0 else 128 - returncode), (stopped_by[0] if stopped_by else None)
 
 
 def write_job_end(run_dir: Path, attempt: int, returncode: int, ending: Ending | None) -> None:

@@ -3,7 +3,7 @@ read at the start of that step (Trainer.train_step). Checkpoint faults live with
 (moe/checkpoint/store.py).
 
 A hang or a kill is transient, as on a real cluster: it fires in the first attempt of a job only, not after an
-automatic restart (RESTART_ENV, set by the launcher). A NaN loss is deterministic, as bad data is: it fires in
+automatic restart (moe/config/args.py, RESTART_ENV). A NaN loss is deterministic, as bad data is: it fires in
 every attempt.
 """
 
@@ -15,7 +15,7 @@ import sys
 import threading
 import time
 
-from moe.train.metrics import RESTART_ENV
+from moe.config.args import restart_attempt
 
 HANG_ENV = "MOE_FAULT_HANG_AT_STEP"  # "<rank>:<step>": that rank blocks in its data read (a filesystem gone quiet)
 SIGKILL_IN_COLLECTIVE_ENV = "MOE_FAULT_SIGKILL_IN_COLLECTIVE"  # "<rank>:<step>": SIGKILLed inside a collective
@@ -23,7 +23,7 @@ NAN_LOSS_ENV = "MOE_FAULT_NAN_LOSS"  # "<rank>:<first>[-<last>]": that rank's lo
 
 
 def inject_step_faults(rank: int, step: int) -> None:
-    if os.environ.get(RESTART_ENV, "0") != "0":
+    if restart_attempt():
         return
     if _at(HANG_ENV, step) == rank:
         print(f"fault: rank {rank} blocks at step {step}", file=sys.stderr, flush=True)

@@ -16,10 +16,6 @@ def wandb_mode() -> str:
     return "online" if has_key else "offline"
 
 
-RESTART_ENV = "MOE_RESTART"  # the launcher's attempt number, 0 for the first (moe/launch/restarts.py)
-RESTART_REASON_ENV = "MOE_RESTART_REASON"  # and why the attempt before it ended
-
-
 class MetricsLog:
     def __init__(self, run_dir: Path, resolved_config: dict, recipe, wandb_id: str | None, resume_step: int = 0):
         self.path = run_dir / "metrics.jsonl"

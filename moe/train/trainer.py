@@ -13,13 +13,14 @@ import torch
 
 from moe import checkpoint
 from moe.config import Resolved
+from moe.config.args import RESTART_REASON_ENV, restart_attempt
 from moe.data import BlockBatches, prepare_data
 from moe.parallel import barrier
 from moe.train.accumulate import MicroBatchSteps
 from moe.train.engine import build_engine
 from moe.train.evaluation import EvalSet
 from moe.train.faults import inject_step_faults, nan_loss
-from moe.train.metrics import RESTART_ENV, RESTART_REASON_ENV, MetricsLog
+from moe.train.metrics import MetricsLog
 from moe.train.model_spec import model_spec
 from moe.train.pipeline_step import PipelineSteps
 from moe.train.router_telemetry import router_metrics
@@ -90,7 +91,7 @@ class Trainer:
         self.metrics = (
             MetricsLog(self.run_dir, resolved.as_dict(), self.recipe, wandb_id, self.step) if rank == 0 else None
         )
-        attempt = int(os.environ.get(RESTART_ENV) or 0)  # set by the launcher's automatic restarts
+        attempt = restart_attempt()  # set by the launcher's automatic restarts
         if self.metrics and attempt:
             self.metrics.log_restart(self.step, attempt, os.environ.get(RESTART_REASON_ENV, ""))
 

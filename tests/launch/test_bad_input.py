@@ -60,6 +60,9 @@ CASES = {
     "unknown WANDB_MODE": ([], {"WANDB_MODE": "sometimes"}, ["WANDB_MODE", "offline"]),
     "runs folder cannot be written": (["logging.runs_dir=/proc/moe-runs"], {}, ["logging.runs_dir", "/proc"]),
     "cache folder cannot be written": ([], {"MOE_CACHE": "/proc/moe-cache"}, ["MOE_CACHE", "/proc"]),
+    "negative restart count": (["--max_restarts", "-1"], {}, ["--max_restarts=-1", "at least 0"]),
+    "MAX_RESTARTS not a number": ([], {"MAX_RESTARTS": "many"}, ["MAX_RESTARTS", "'many'", "whole number"]),
+    "negative hang timeout": (["train.hang_timeout_s=-5"], {}, ["train.hang_timeout_s", "0 or more"]),
 }
 
 

@@ -5,6 +5,8 @@ import json
 import math
 import os
 import re
+import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -14,7 +16,7 @@ from moe.checkpoint.manifest import MANIFEST, first_bad_file
 from moe.model import MoEGPTConfig
 from moe.model.cost import model_cost
 from tests.helpers import BASH_RUN_STEPS as STEPS
-from tests.helpers import TINY, explain, launch_bash, read_metrics, snapshot
+from tests.helpers import LAUNCHER, REPO, TINY, child_env, explain, launch_bash, read_metrics, snapshot
 
 pytestmark = pytest.mark.e2e
 
@@ -263,6 +265,27 @@ def test_a_hung_rank_dumps_its_stacks_and_ends_the_job_in_one_line(tmp_path):
     assert "inject_step_faults" in stacks and "train_step" in stacks
     last_step = train_records(read_metrics(run_dir))[-1]
     assert last_step["step"] == 2 and time.time() - last_step["time"] < 5 + 30, elapsed
+
+
+def test_a_job_stopped_from_outside_says_so_and_is_not_restarted(tmp_path):
+    """SIGTERM to the launcher (a scheduler's preemption, a kill): it reaches every rank, and --max_restarts does
+    not start the job again."""
+    run_dir = tmp_path / "tiny"
+    args = (*TINY, f"logging.runs_dir={tmp_path}", "logging.wandb=false", "--max_restarts", "2")
+    with subprocess.Popen(
+        ["bash", str(LAUNCHER), *args], cwd=REPO, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, start_new_session=True,
+    ) as proc:  # fmt: skip
+        deadline = time.time() + 120
+        while not (run_dir / "metrics.jsonl").is_file() or not train_records(read_metrics(run_dir)):
+            assert time.time() < deadline and proc.poll() is None, "the job did not start training"
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)  # the launcher's own pid: bash exec'd it
+        stdout, stderr = proc.communicate(timeout=120)
+    errors = [line for line in stderr.splitlines() if line.startswith("error: ")]
+    assert proc.returncode != 0 and len(errors) == 2, stderr[-3000:]
+    assert errors[0].startswith("error: every rank was stopped by SIGTERM after step ") and "outside" in errors[0]
+    assert errors[1].startswith("error: not restarting: the job was stopped by SIGTERM") and "restart 1/" not in stdout
 
 
 def test_rerun_without_resume_refuses_and_keeps_the_run(bash_run):
