@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.faults import summarize, train_curve
 from moe.checkpoint.manifest import MANIFEST, first_bad_file
 from moe.model import MoEGPTConfig
 from moe.model.cost import model_cost
@@ -196,6 +197,10 @@ def test_a_rank_killed_inside_a_collective_is_named_and_the_restart_resumes_bit_
         died["signal"] == "SIGKILL"
         and json.loads((first / "job_end.json").read_text())["ended"] - died["exited_at"] < 60
     )
+
+    row = summarize("killed in a collective", tmp_path, proc, 0.0, train_curve(full_run))  # benchmarks/faults.py
+    assert (row["restarts"], row["resumed_from"], row["steps_lost"], row["bit_exact"]) == (1, "global_step5", 1, True)
+    assert 0 < row["detect_s"] < 60 and row["lines"] == [line]
 
     metrics = read_metrics(run_dir)
     assert [(m["step"], m["restart"]) for m in metrics if "restart" in m] == [(5, 1)]
