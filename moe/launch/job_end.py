@@ -37,6 +37,7 @@ class Ending:
 
     line: str | None
     cause: tuple
+    exit_code: int | None = None  # the failing rank's (128 + N for signal N); DeepSpeed's is whichever it saw first
 
 
 def explain(run_dir: Path, returncode: int, world_size: int, attempt: int = 0) -> Ending | None:
@@ -55,12 +56,14 @@ def explain(run_dir: Path, returncode: int, world_size: int, attempt: int = 0) -
     )
     if hung:
         r = hung[0]
-        return Ending(f"{r['message']}{_others(records, r)}", ("hung", r["rank"], r["step"], r["phase"]))
+        return Ending(
+            f"{r['message']}{_others(records, r)}", ("hung", r["rank"], r["step"], r["phase"]), r["exit_code"]
+        )
     crashed = [r for r in records.values() if r["crash"]]
     if crashed:
         r = crashed[0]
         line = f"rank {r['rank']} ({_host(r)}) crashed {_at(r, where)}: {r['crash']}{_others(records, r)}"
-        return Ending(line, ("crashed", r["rank"], r["crash"], where))
+        return Ending(line, ("crashed", r["rank"], r["crash"], where), _signal_exit(r))
     silent = [r for r in records.values() if r.get("status") == "running" and not r["sigterm"]]
     if silent:
         r = silent[0]
@@ -70,13 +73,13 @@ def explain(run_dir: Path, returncode: int, world_size: int, attempt: int = 0) -
         else:
             how = f"ended with exit code {r['exit_code']}" if "exit_code" in r else "died without a word"
         line = f"rank {r['rank']} ({_host(r)}) {how} {where}{_others(records, r)}"
-        return Ending(line, ("killed", r["rank"], how, where))
+        return Ending(line, ("killed", r["rank"], how, where), _signal_exit(r))
     failed = sorted((r for r in records.values() if r.get("status") == "failed"), key=lambda r: r.get("ended", 0))
     if failed:
         r = failed[0]
         line = f"rank {r['rank']} ({_host(r)}) failed {_at(r, where)}: {r['message']}{_others(records, r)}"
         reported = any(f.get("reported") and f["message"] == r["message"] for f in failed)  # by another rank too
-        return Ending(None if reported else line, ("failed", r["exit_code"], r["step"], r["message"]))
+        return Ending(None if reported else line, ("failed", r["exit_code"], r["step"], r["message"]), r["exit_code"])
     if all(r["sigterm"] for r in records.values()):
         return Ending(f"every rank was stopped by SIGTERM {where}: the job was stopped from outside", ("stopped",))
     missing = sorted(set(range(world_size)) - set(records))
@@ -110,6 +113,11 @@ def last_logged_step(metrics: Path) -> int:
         except (ValueError, KeyError, TypeError):
             continue
     return 0
+
+
+def _signal_exit(record: dict) -> int | None:
+    """A shell's exit code for a rank its parent saw die of a signal (137 for SIGKILL)."""
+    return 128 + signal.Signals[record["signal"]] if record.get("signal") else None
 
 
 def _host(record: dict) -> str:

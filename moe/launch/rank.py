@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import sys
+import traceback
 
 import torch
 
@@ -30,6 +31,25 @@ def collective_timeout_s(train) -> float:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Run the rank, then end the process at once with its exit code. Everything the rank writes is closed by
+    then (checkpoints, metrics, W&B, its end record, the process group); what interpreter finalization would add is
+    library teardown (gloo's and NCCL's threads, CUDA contexts), which has aborted (SIGABRT) or hung ranks that had
+    finished their work."""
+    code = 1
+    try:
+        run(argv)
+        code = 0
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
+def run(argv: list[str] | None = None) -> None:
     args = parse_trainer_args(sys.argv[1:] if argv is None else argv)
     threads = pin_rank_threads()  # CPU: this rank's share of the cores, one thread each, before anything runs
     rank, world_size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))

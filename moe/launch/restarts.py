@@ -40,6 +40,8 @@ def supervise(cmd: list[str], run_dir: Path, world_size: int, max_restarts: int 
             env[RESTART_REASON_ENV] = previous.line or " ".join(map(str, previous.cause))
         returncode, stopped_by = run_attempt(resumable(cmd, run_dir, attempt), ranks_dir(run_dir, attempt), env)
         ending = explain(run_dir, returncode, world_size, attempt)
+        if ending and ending.exit_code:  # the failing rank's code, not whichever rank DeepSpeed's launcher saw first
+            returncode = ending.exit_code
         write_job_end(run_dir, attempt, returncode, ending)
         if ending is None:
             return 0
