@@ -13,6 +13,9 @@
       moe.top_k: [1, 2]                    # any dotted recipe (or ds.) key
       moe.ep_size: [auto]                  # auto = the largest that divides the experts and the ranks
 
+`grid` may also be a list of such mappings: the sweep is then the union of their runs (a study of runs that are not
+one product: a dense baseline, a wider dense model, MoE at several expert counts; recipes/scaling/cpu_study.yaml).
+
 A run is a recipe, dotted overrides, a ds_config and a rank count; its name is made of the values that vary
 (tiny-scaling-s-moe-k2). A dense run (moe.enabled false) ignores the moe.* axes, so it appears once. Every run goes
 through the same resolve step a launch runs before anything starts, so a bad combination is one line naming the
@@ -68,7 +71,7 @@ SHORT = {
 class SweepSpec:
     sweep: str
     recipe: str
-    grid: dict
+    grid: dict | list[dict]  # one product of axes, or a list of them (their union)
     ds_config: str = "ds_configs/zero1.json"
     sizes: dict = field(default_factory=dict)
     overrides: dict = field(default_factory=dict)
@@ -97,37 +100,63 @@ def load_sweep(path: str | Path) -> SweepSpec:
     spec = from_dict(SweepSpec, raw, where=str(path))
     if not re.fullmatch(r"[A-Za-z0-9._-]+", spec.sweep):
         raise ConfigError(f"{path}: sweep name {spec.sweep!r} may only hold letters, digits, '.', '_' and '-'")
-    for axis, values in spec.grid.items():
-        if not isinstance(values, list) or not values:
-            raise ConfigError(f"{path}: grid axis '{axis}' must be a non-empty list, got {values!r}")
-    for size in spec.grid.get("size", []):
-        if size not in spec.sizes:
-            raise ConfigError(f"{path}: grid size '{size}' is not one of sizes: {', '.join(spec.sizes) or 'none'}")
-    if any(not isinstance(g, int) or g < 1 for g in spec.grid.get("gpus", [1])):
-        raise ConfigError(f"{path}: grid gpus must be positive integers, got {spec.grid['gpus']}")
+    if isinstance(spec.grid, list) and (not spec.grid or not all(isinstance(g, dict) for g in spec.grid)):
+        raise ConfigError(f"{path}: grid must be a mapping of axes or a non-empty list of them, got {spec.grid!r}")
+    for grid in grids(spec):
+        _check_grid(grid, spec, path)
     return spec
 
 
+def _check_grid(grid: dict, spec: SweepSpec, path: Path) -> None:
+    for axis, values in grid.items():
+        if not isinstance(values, list) or not values:
+            raise ConfigError(f"{path}: grid axis '{axis}' must be a non-empty list, got {values!r}")
+    for size in grid.get("size", []):
+        if size not in spec.sizes:
+            raise ConfigError(f"{path}: grid size '{size}' is not one of sizes: {', '.join(spec.sizes) or 'none'}")
+    if any(not isinstance(g, int) or g < 1 for g in grid.get("gpus", [1])):
+        raise ConfigError(f"{path}: grid gpus must be positive integers, got {grid['gpus']}")
+
+
+def grids(spec: SweepSpec) -> list[dict]:
+    """The sweep's products of axes: its one grid, or each of its list."""
+    return spec.grid if isinstance(spec.grid, list) else [spec.grid]
+
+
+def varying_axes(spec: SweepSpec) -> list[str]:
+    """The axes that take more than one value over the whole sweep (they name its runs), in first-seen order."""
+    values: dict[str, set] = {}
+    for grid in grids(spec):
+        for axis, axis_values in grid.items():
+            values.setdefault(axis, set()).update(map(_yaml_value, axis_values))
+    # an axis that only some of the grids set tells their runs apart, even with one value
+    return [a for a, seen in values.items() if len(seen) > 1 or any(a not in grid for grid in grids(spec))]
+
+
 def expand(spec: SweepSpec, extra: list[str] = ()) -> list[Run]:
-    """Every combination of the grid as a run, dense duplicates merged (validate() checks them)."""
-    axes = list(spec.grid)
-    varying = [a for a in axes if len(spec.grid[a]) > 1]
+    """Every combination of each grid as a run, duplicates (dense runs, runs two grids share) merged; validate()
+    checks them."""
+    varying = varying_axes(spec)
     runs: dict[str, Run] = {}
-    for values in itertools.product(*(spec.grid[a] for a in axes)):
-        point = dict(zip(axes, values))
-        if point.get("moe.enabled") is False:  # a dense run: the moe.* axes mean nothing to it
-            point = {k: v for k, v in point.items() if not k.startswith("moe.") or k == "moe.enabled"}
-        gpus = point.pop("gpus", 1)
-        size = point.pop("size", None)
-        settings = {**spec.overrides, **(spec.sizes[size] if size else {}), **point}
-        name = run_name(spec.sweep, {"gpus": gpus, "size": size, **point}, varying)
-        if name in runs:
-            continue
-        settings = _auto_ep_size(settings, spec, gpus)
-        overrides = [f"{k}={_yaml_value(v)}" for k, v in settings.items()] + list(extra)
-        overrides += [f"logging.run_name={name}", f"logging.wandb_group={spec.sweep}"]
-        runs[name] = Run(name, spec.recipe, spec.ds_config, gpus, tuple(overrides))
+    for grid in grids(spec):
+        for values in itertools.product(*grid.values()):
+            _add_run(runs, spec, dict(zip(grid, values)), varying, extra)
     return list(runs.values())
+
+
+def _add_run(runs: dict[str, Run], spec: SweepSpec, point: dict, varying: list[str], extra: list[str]) -> None:
+    if point.get("moe.enabled") is False:  # a dense run: the moe.* axes mean nothing to it
+        point = {k: v for k, v in point.items() if not k.startswith("moe.") or k == "moe.enabled"}
+    gpus = point.pop("gpus", 1)
+    size = point.pop("size", None)
+    settings = {**spec.overrides, **(spec.sizes[size] if size else {}), **point}
+    name = run_name(spec.sweep, {"gpus": gpus, "size": size, **point}, varying)
+    if name in runs:
+        return
+    settings = _auto_ep_size(settings, spec, gpus)
+    overrides = [f"{k}={_yaml_value(v)}" for k, v in settings.items()] + list(extra)
+    overrides += [f"logging.run_name={name}", f"logging.wandb_group={spec.sweep}"]
+    runs[name] = Run(name, spec.recipe, spec.ds_config, gpus, tuple(overrides))
 
 
 def run_name(sweep: str, point: dict, varying: list[str]) -> str:

@@ -56,12 +56,19 @@ class MicroBatchSteps:
 
     @torch.no_grad()
     def evaluate(self, eval_set: EvalSet, dp_rank: int, dp_size: int) -> EvalResult:
-        """Mean and standard error of the per-block LM loss over `eval_set`, over all ranks (one all-reduce)."""
+        """Mean, standard error and each block's LM loss over `eval_set`, over all ranks (one all-reduce)."""
         engine, micro = self.engine, self.recipe.train.micro_batch_size
         sums = torch.zeros(3, dtype=torch.float64, device=engine.device)  # sum, sum of squares, blocks
+        mine = []  # this rank's block losses, (B,) each, fillers dropped
         with self.telemetry.paused():
             for ids, weights in eval_set.micro_batches(micro, dp_rank, dp_size):
+                scored = int(weights.sum())  # weights are on the host: its fillers are the last rows
                 ids, weights = ids.to(engine.device), weights.to(engine.device, torch.float64)
                 losses = row_losses(engine(ids).logits, ids).double()  # (B,)
                 sums += torch.stack([(weights * losses).sum(), (weights * losses * losses).sum(), weights.sum()])
-        return EvalResult.from_sums(*all_reduce_sum(sums).tolist())
+                mine.append(losses[:scored])
+        block_losses = torch.zeros(len(eval_set.rows), dtype=torch.float64, device=engine.device)  # (N,)
+        if mine:  # every rank fills its own positions, the rest stay zero for the sum
+            block_losses[torch.as_tensor(eval_set.positions(dp_rank, dp_size), device=engine.device)] = torch.cat(mine)
+        summed = all_reduce_sum(torch.cat([sums, block_losses]))  # (3 + N,): one collective
+        return EvalResult.from_sums(*summed[:3].tolist(), block_losses=summed[3:].float().numpy())

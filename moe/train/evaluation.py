@@ -6,7 +6,10 @@ not the run's seed, so every run of a sweep scores the same blocks). Its blocks 
 data-parallel ranks; every rank runs the same number of forwards (expert-parallel all-to-alls and ZeRO-3 gathers
 need all of them), and a rank whose share runs out fills its last micro-batch with weight-0 rows. Each block's
 loss is the mean next-token cross-entropy of its positions, so the pass's mean is over blocks and its standard
-error is std(block losses) / sqrt(blocks), from one all-reduce of (sum, sum of squares, count).
+error is std(block losses) / sqrt(blocks), from one all-reduce of (sum, sum of squares, count). The block losses
+themselves come back too (one all-reduce of the set's length), in the set's order, so two runs can be compared
+block by block: a paired difference has a far smaller standard error than either run's mean
+(benchmarks/moe_vs_dense.py).
 
 A pipeline engine returns one loss per micro-batch, already averaged over data-parallel ranks, so under a pipeline
 the set is cut to whole global micro-batches and the standard error comes from the micro-batch means
@@ -55,6 +58,10 @@ class EvalSet:
             filler = np.full(micro_batch - len(take), rows[0], dtype=np.int64)
             yield self.blocks[np.concatenate([take, filler]).tolist()].long(), weights
 
+    def positions(self, dp_rank: int, dp_size: int) -> np.ndarray:
+        """Where this rank's scored blocks sit in `rows`, in the order micro_batches yields them (weight-1 rows)."""
+        return np.arange(dp_rank, len(self.rows), dp_size)
+
 
 def row_losses(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     """logits (B, T, V), ids (B, T) -> (B,) fp32 mean next-token cross-entropy of each row, one row at a time (no
@@ -67,9 +74,10 @@ class EvalResult:
     loss: float
     stderr: float
     blocks: int
+    block_losses: np.ndarray | None = None  # (blocks,) fp32, in the set's order; None under a pipeline
 
     @classmethod
-    def from_sums(cls, total: float, squares: float, count: float) -> EvalResult:
+    def from_sums(cls, total: float, squares: float, count: float, block_losses=None) -> EvalResult:
         mean = total / count
         variance = max(squares / count - mean * mean, 0.0) * count / max(count - 1, 1)
-        return cls(mean, math.sqrt(variance / count), round(count))
+        return cls(mean, math.sqrt(variance / count), round(count), block_losses)

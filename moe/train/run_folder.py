@@ -4,6 +4,8 @@ weights (the tokenizer and the model's HF config), fixed for the whole run.
     runs/<run_name>/recipe.yaml, ds_config.json, tokenizer/, model_config/, device_peaks.json, data.json
 
 and, when the run has completed its last step, done.json (step, tokens, final validation loss: what a sweep reads).
+Each validation pass adds eval/<set>_step<N>.npy: the loss of every block it scored, in the set's fixed order
+(moe/train/evaluation.py), for comparisons between runs block by block.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import yaml
 
 from moe.config import Resolved, to_dict
@@ -43,3 +46,10 @@ def write_done(run_dir: Path, final: dict) -> None:
     tmp = run_dir / "done.json.tmp"
     tmp.write_text(json.dumps(final) + "\n")
     tmp.replace(run_dir / "done.json")
+
+
+def write_block_losses(run_dir: Path, eval_set: str, step: int, losses: np.ndarray) -> Path:
+    path = Path(run_dir) / "eval" / f"{eval_set}_step{step}.npy"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.save(path, losses.astype(np.float32))
+    return path

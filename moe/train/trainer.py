@@ -25,6 +25,7 @@ from moe.train.model_spec import model_spec
 from moe.train.pipeline_step import PipelineSteps
 from moe.train.router_telemetry import router_metrics
 from moe.train.run_folder import (
+    write_block_losses,
     write_data_summary,
     write_device_peaks,
     write_done,
@@ -252,6 +253,9 @@ class Trainer:
             record["val_train_gap"] = val.loss - sample.loss
         if self.metrics:
             self.metrics.log(record)
+            for name, result in results.items():
+                if result.block_losses is not None:
+                    write_block_losses(self.run_dir, name, self.step, result.block_losses)
         return val.loss
 
     def save(self) -> None:

@@ -10,6 +10,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from benchmarks.faults import summarize, train_curve
@@ -103,6 +104,11 @@ def test_bash_launcher_trains_tiny_recipe_on_two_ranks(bash_run):
     data = json.loads((run_dir / "data.json").read_text())["sources"][0]
     val_blocks = data["val_tokens"] // 64  # recipes/tiny.yaml: eval_blocks 64 is more than the split holds
     assert all(m["val_blocks"] == val_blocks and 0 < m["val_loss_se"] < 0.05 * m["val_loss"] for m in val)
+    for m in val:  # every block's loss, gathered from both ranks in the set's order: its mean and spread are the pass's
+        losses = np.load(run_dir / "eval" / f"val_step{m['step']}.npy").astype(np.float64)
+        assert len(losses) == val_blocks and losses.min() > 0
+        assert losses.mean() == pytest.approx(m["val_loss"], rel=1e-6)
+        assert losses.std(ddof=1) / np.sqrt(len(losses)) == pytest.approx(m["val_loss_se"], rel=1e-4)
     assert all("train_sample_loss" in m for m in val) and data["corpus"]["fingerprint"]["files"] > 0
     assert train[-1]["tokens"] == train[-1]["tokens/stdlib"] == STEPS * 2 * 8 * 64  # zero1.json: 8 blocks a rank
     done = json.loads((run_dir / "done.json").read_text())

@@ -120,6 +120,37 @@ def test_hostfile_runs_get_a_hostfile_of_just_the_nodes_they_need(tmp_path):
         ] == f"node{nodes - 1} slots=8"
 
 
+def test_a_list_of_grids_is_the_union_of_their_runs(tmp_path):
+    from moe.scaling.sweep import expand, load_sweep
+
+    path = tmp_path / "union.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "sweep": "u",
+                "recipe": "recipes/tiny.yaml",
+                "overrides": {"moe.ep_size": 1},
+                "grid": [
+                    {"moe.enabled": [False]},
+                    {"moe.enabled": [False], "model.d_ff": [512]},
+                    {"moe.enabled": [True, False], "moe.num_experts": [4, 8]},  # its dense point is the first grid's
+                    {"moe.enabled": [True], "moe.num_experts": [8], "moe.top_k": [2], "moe.expert_d_ff": [64]},
+                ],
+            },
+            sort_keys=False,
+        )
+    )
+    runs = {r.name: dict(o.split("=", 1) for o in r.overrides) for r in expand(load_sweep(path))}
+    assert list(runs) == ["u-dense", "u-dense-d_ff512", "u-moe-e4", "u-moe-e8", "u-moe-e8-k2-expert_d_ff64"]
+    assert runs["u-dense-d_ff512"]["model.d_ff"] == "512" and "model.d_ff" not in runs["u-dense"]
+    assert runs["u-moe-e8-k2-expert_d_ff64"]["moe.top_k"] == "2" and runs["u-moe-e8"].get("moe.top_k") is None
+    path.write_text(yaml.safe_dump({"sweep": "u", "recipe": "recipes/tiny.yaml", "grid": [{"moe.top_k": 2}]}))
+    proc = run([*SWEEP_CLI, str(path), "--dry-run"], timeout=120)
+    assert proc.returncode == 2 and proc.stderr.strip() == (
+        f"error: {path}: grid axis 'moe.top_k' must be a non-empty list, got 2"
+    )
+
+
 def test_a_bad_grid_point_is_one_line_before_anything_starts(tmp_path):
     grid = yaml.safe_load((REPO / "recipes/scaling/tiny_grid.yaml").read_text())
     grid["grid"]["moe.top_k"] = [2, 5]

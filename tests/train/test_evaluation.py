@@ -34,3 +34,16 @@ def test_standard_error_and_row_losses():
     logits, ids = torch.randn(3, 5, 11), torch.randint(0, 11, (3, 5))
     expect = [torch.nn.functional.cross_entropy(logits[b, :-1], ids[b, 1:]) for b in range(3)]
     assert torch.allclose(row_losses(logits, ids), torch.stack(expect))
+
+
+@pytest.mark.parametrize(("dp_size", "micro_batch"), [(1, 4), (2, 7), (3, 5)])
+def test_positions_place_each_ranks_blocks_in_the_sets_order(dp_size, micro_batch):
+    blocks = torch.arange(100).view(100, 1) * 10
+    eval_set = EvalSet.of(blocks, 37)  # a fixed sample: the order is the sample's, not the split's
+    placed = np.full(len(eval_set.rows), -1)
+    for rank in range(dp_size):
+        scored = [
+            int(i) for ids, w in eval_set.micro_batches(micro_batch, rank, dp_size) for i in ids[: int(w.sum()), 0]
+        ]
+        placed[eval_set.positions(rank, dp_size)] = scored
+    assert np.array_equal(placed, eval_set.rows * 10)  # every position filled once, with its own block
