@@ -4,5 +4,6 @@
 
 cluster.py reads the cluster YAML, collectives.py times the collectives, step_time.py adds up one optimizer step,
 gpu_counts.py picks the expert-parallel size a GPU count allows, predict.py runs step_time.py per GPU count,
-calibrate.py fits the one free constant (MFU) to DeepSpeed-MoE's published throughput and checks it.
+calibrate.py fits the two constants (the achieved MFU of the dense and of the MoE family) to DeepSpeed-MoE's published
+throughput and our CPU runs, and checks them.
 """

@@ -47,7 +47,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ds_config", default="ds_configs/zero1_bf16.json")
     p.add_argument("--cluster", required=True, help="clusters/*.yaml")
     p.add_argument("--gpus", default="8..4096", help="8..4096 (powers of two), 8,16,64, or 128")
-    p.add_argument("--mfu", type=float, default=None, help="achieved MFU (default: the cluster's fitted one)")
+    p.add_argument(
+        "--mfu",
+        type=float,
+        default=None,
+        help="achieved MFU (default: the cluster's fitted one for the recipe's family)",
+    )
     p.add_argument("overrides", nargs="*", metavar="key=value")
     args = p.parse_args(argv)
     try:
@@ -58,10 +63,10 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    mfu = args.mfu or cluster.mfu
+    first = estimates[0]
     print(
-        f"{args.recipe} + {args.ds_config} on {cluster.name} ({cluster.source}), MFU {mfu:.3f}, "
-        f"sequence {estimates[0].seq_len}"
+        f"{args.recipe} + {args.ds_config} on {cluster.name} ({cluster.source}), MFU {first.mfu:.4f} "
+        f"({'--mfu' if args.mfu else first.family + ' family'}), sequence {first.seq_len}"
     )
     print(format_table(estimates))
     return 0

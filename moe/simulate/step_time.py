@@ -1,6 +1,7 @@
 """Analytic time of one optimizer step of a resolved recipe on a cluster (no process is started).
 
-step = compute / MFU                       model FLOPs (moe/model/cost.py) + capacity padding of the experts
+step = compute / MFU[family]               model FLOPs (moe/model/cost.py) + capacity padding of the experts, at
+                                           the cluster's fitted MFU for the recipe's family (dense or moe)
      + pipeline bubble                     1F1B: compute x (stages - 1) / micro-batches
      + pipeline send/recv                  each micro-batch's activations forward and gradients back
      + expert all-to-all                   4 per MoE layer per micro-batch (dispatch and combine, fwd and bwd)
@@ -8,9 +9,12 @@ step = compute / MFU                       model FLOPs (moe/model/cost.py) + cap
                                            2: reduce-scatter per micro-batch; 3: + 2 all-gathers per micro-batch
 
 Nothing overlaps except what the ds_config asks for (zero_optimization.overlap_comm hides the gradient
-reduce-scatter behind the backward pass, 2/3 of the compute); DeepSpeed's MoE all-to-all is not overlapped.
-Not modelled, so inside the fitted MFU: activation recomputation, the optimizer step, kernel launch and Python
-overhead, load imbalance between experts (the all-to-all moves capacity-padded buffers, as DeepSpeed does).
+reduce-scatter behind the backward pass, 2/3 of the compute); DeepSpeed's MoE all-to-all is not overlapped
+(deepspeed/moe/sharded_moe.py: _AllToAll is a blocking all_to_all_single between the gate and the experts).
+Not modelled, so inside the fitted MFU: activation recomputation (its FLOPs, and for MoE the 2 all-to-alls the
+recomputed forward repeats), the optimizer step, kernel launch and Python overhead, load imbalance between experts
+(the all-to-all moves capacity-padded buffers, as DeepSpeed does). The MFU is fitted per family because on
+DeepSpeed-MoE's Table 3 one value for both misses by -16.4% and +22.0% (docs/scaling.md, "Calibration").
 """
 
 from __future__ import annotations
@@ -30,6 +34,8 @@ from moe.simulate.collectives import Group, all_gather, all_reduce, all_to_all, 
 
 @dataclass(frozen=True)
 class StepEstimate:
+    family: str  # "dense" or "moe": which of the cluster's MFUs applies
+    mfu: float  # the MFU the compute time used
     gpus: int
     nodes: int
     ep_size: int
@@ -59,6 +65,11 @@ class StepEstimate:
 def vocab_size(resolved: Resolved) -> int:
     """The model's vocabulary: model.vocab_size, else the BPE size the data section trains."""
     return resolved.recipe.model.vocab_size or resolved.recipe.data.vocab_size
+
+
+def family(resolved: Resolved) -> str:
+    """The model family whose fitted MFU the step uses: 'moe' when moe.enabled, else 'dense'."""
+    return "moe" if resolved.recipe.moe.enabled else "dense"
 
 
 def estimate_step(resolved: Resolved, cluster: Cluster, mfu: float | None = None) -> StepEstimate:
@@ -92,7 +103,9 @@ def estimate_step(resolved: Resolved, cluster: Cluster, mfu: float | None = None
         dispatched = experts * slots * d * act_bytes  # the (E, C, d) buffer each rank sends
         all_to_all_s += 4 * accum * all_to_all(dispatched, Group(ep), cluster) / stages
     flops_per_gpu = accum * tokens * (cost.train_flops_per_token() + padding_flops) / stages
-    compute_s = flops_per_gpu / (cluster.peak_flops(precision) * (mfu or cluster.mfu))
+    kind = family(resolved)
+    mfu = mfu or cluster.family_mfu(kind)
+    compute_s = flops_per_gpu / (cluster.peak_flops(precision) * mfu)
     bubble_s = compute_s * (stages - 1) / accum
     pipeline_p2p_s = 0.0
     if stages > 1:  # neighbouring stages are dp ranks apart
@@ -107,6 +120,8 @@ def estimate_step(resolved: Resolved, cluster: Cluster, mfu: float | None = None
         for nbytes, group in groups
     )
     return StepEstimate(
+        family=kind,
+        mfu=mfu,
         gpus=gpus,
         nodes=math.ceil(gpus / gpn),
         ep_size=ep,
