@@ -1,14 +1,23 @@
-"""MoE against dense at equal active FLOPs per token and equal tokens: steps to reach the dense run's final
-validation loss, final validation losses, and one plot of validation loss against step.
+"""The MoE-against-dense study: equal tokens, the same data order, the same validation blocks (docs/moe_vs_dense.md).
 
-    python launch/sweep.py recipes/scaling/moe_vs_dense_top1.yaml     # dense + Switch-style top-1, E = 4, 8, 16
-    python launch/sweep.py recipes/scaling/moe_vs_dense_top2.yaml     # top-2 at half expert width, E = 4, 8, 16
-    python benchmarks/moe_vs_dense.py runs/moe-vs-dense-*             # table, JSON and PNG
+    python launch/sweep.py recipes/scaling/cpu_study_lr.yaml --parallel auto   # the learning rate per family
+    python launch/sweep.py recipes/scaling/cpu_study.yaml --parallel auto      # the study
+    python benchmarks/moe_vs_dense.py runs/cpu-study-*                         # summarize them, then the report
 
-The run named *-dense is the reference. A MoE run's step to the dense final loss is the first validation step at
-which its loss is at or below it, linearly interpolated between validations (they are train.eval_interval apart);
-speedup = dense steps / that step. Wall-clock speed is reported beside it: on this CPU the experts' dispatch is not
-free, so a step-count speedup is not a time speedup.
+Step 1, every run folder given is summarized into benchmarks/results/moe_vs_dense_study/<run>.json: its validation
+curve (tokens, loss, standard error), the training-sample curve, the final pass's loss of every validation block,
+the per-expert load over training, its parameters and its speed. The run folders stay on the machine that trained
+them; the summaries are committed, so a study that spans several sessions reports over all of its runs.
+Step 2, the report over every summary (no run folder needed: `python benchmarks/moe_vs_dense.py` alone):
+  benchmarks/results/moe_vs_dense_study.json   one row per run of the study, the LR sweep and the scaling fit
+  docs/moe_vs_dense_results.md                  the tables
+  docs/moe_vs_dense_*.png                       loss against tokens, final loss against experts, expert load, fit
+
+The reference is the active-matched dense run (the dense run whose training FLOPs per token equal the top-1 MoE
+runs') at the recipe's seed. A run's tokens to the reference's final loss are read off its validation curve,
+linearly interpolated between passes; speedup = the reference's tokens / those. Every pass of every run scores the
+same blocks, so two runs compare block by block: the paired difference's standard error is std(diff) / sqrt(n),
+far under either run's own (benchmarks/moe_vs_dense_plots.py draws the figures).
 """
 
 from __future__ import annotations
@@ -17,118 +26,299 @@ import argparse
 import itertools
 import json
 import statistics
+import sys
 from pathlib import Path
 
-from moe.model import MoEGPTConfig
-from moe.model.cost import model_cost
+import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
+SUMMARIES = REPO / "benchmarks/results/moe_vs_dense_study"
+STUDY = "cpu-study"  # run-name prefixes of the three grids
+LR_SWEEP = "cpu-study-lr"
+SIZES = "cpu-study-size"
+LOAD_POINTS = 40  # logged steps kept per run for the expert-load figure
 
 
-def read_run(run_dir: Path) -> dict:
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    val = [(r["step"], r["val_loss"]) for r in records if "val_loss" in r]
-    steps = [r for r in records if "step_time_s" in r]
+def summarize(run_dir: Path) -> dict:
+    """What the report needs of one run folder (finished or not)."""
+    import yaml
+
+    from moe.model import MoEGPTConfig
+    from moe.model.cost import model_cost
+    from moe.scaling.plots import expert_loads, read_metrics
+
+    train, val = read_metrics(run_dir)
+    if not val:
+        raise SystemExit(f"error: {run_dir} has no validation pass yet")
+    recipe = yaml.safe_load((run_dir / "recipe.yaml").read_text())
     config = MoEGPTConfig.from_pretrained(run_dir / "model_config")
-    cost = model_cost(config, config.max_seq_len)
+    cost = model_cost(config, recipe["data"]["seq_len"])
+    final = run_dir / "eval" / f"val_step{val[-1]['step']}.npy"
+    loads = expert_loads(train)
+    keep = sorted({round(i) for i in np.linspace(0, len(train) - 1, LOAD_POINTS)}) if train else []
     return {
         "name": run_dir.name,
-        "val": val,
-        "median_step_s": statistics.median(r["step_time_s"] for r in steps[5:]),
-        "experts": config.num_experts if config.moe_enabled else 0,
-        "top_k": config.num_experts_per_tok,
+        "kind": "moe" if config.moe_enabled else "dense",
+        "num_experts": config.num_experts if config.moe_enabled else None,
+        "top_k": config.num_experts_per_tok if config.moe_enabled else None,
+        "d_ff": config.d_ff,
+        "expert_d_ff": config.expert_d_ff if config.moe_enabled else None,
+        "moe_interval": recipe["moe"]["interval"] if config.moe_enabled else None,
+        "d_model": config.d_model,
+        "n_layers": config.n_layers,
+        "lr": recipe["optim"]["lr"],
+        "seed": recipe["train"]["seed"],
+        "aux_loss_coef": recipe["moe"]["aux_loss_coef"],
+        "capacity_factor": recipe["moe"]["capacity_factor"],
         "active_params": cost.active_params,
         "total_params": cost.total_params,
         "train_flops_per_token": cost.train_flops_per_token(),
+        "max_steps": recipe["train"]["max_steps"],
+        "val": [[r["tokens"], r["val_loss"], r.get("val_loss_se")] for r in val],
+        "train_sample": [[r["tokens"], r["train_sample_loss"]] for r in val if "train_sample_loss" in r],
+        "final_block_losses": np.round(np.load(final), 5).tolist() if final.is_file() else None,
+        "tokens_per_s": statistics.median(r["tokens_per_s"] for r in train[5:]) if len(train) > 5 else None,
+        "wall_s": train[-1]["time"] - train[0]["time"] if len(train) > 1 else None,
+        "expert_load": {  # layer -> [tokens, load of each expert / the mean] at LOAD_POINTS logged steps
+            str(layer): [[train[i]["tokens"], *np.round(load[:, i], 3).tolist()] for i in keep if i < load.shape[1]]
+            for layer, (_, load) in loads.items()
+        },
+        "dropped_frac": [[train[i]["tokens"], _mean_dropped(train[i])] for i in keep] if config.moe_enabled else [],
     }
 
 
-def step_to_reach(val: list[tuple[int, float]], target: float) -> float | None:
-    """First step at which the validation loss reaches `target`, interpolated between validations."""
-    for (s0, l0), (s1, l1) in itertools.pairwise(val):
+def _mean_dropped(record: dict) -> float:
+    drops = [v for k, v in record.items() if k.endswith("/dropped_frac")]
+    return round(sum(drops) / len(drops), 5) if drops else 0.0
+
+
+def tokens_to_reach(curve: list[list[float]], target: float) -> float | None:
+    """First point of a (tokens, loss, ...) validation curve at or below `target`, interpolated between passes."""
+    for (t0, l0, *_), (t1, l1, *_) in itertools.pairwise(curve):
         if l1 <= target:
-            return s1 if l0 == l1 else s0 + (l0 - target) / (l0 - l1) * (s1 - s0)
+            return t1 if l0 == l1 else t0 + (l0 - target) / (l0 - l1) * (t1 - t0)
     return None
 
 
-def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("runs", nargs="+", type=Path)
-    p.add_argument("--json", type=Path, default=REPO / "benchmarks/results/moe_vs_dense_cpu2.json")
-    p.add_argument("--png", type=Path, default=REPO / "docs/moe_vs_dense.png")
-    args = p.parse_args(argv)
-    runs = [read_run(r) for r in args.runs]
-    dense = [r for r in runs if r["experts"] == 0]
-    if len(dense) != 1:
-        raise SystemExit(f"need exactly one dense run among {[r['name'] for r in runs]}")
-    dense = dense[0]
-    target, dense_steps = dense["val"][-1][1], dense["val"][-1][0]
-    rows = []
-    for r in sorted(runs, key=lambda r: (r["top_k"] if r["experts"] else 0, r["experts"])):
-        reached = step_to_reach(r["val"], target) if r["experts"] else dense_steps
+def paired(a: dict, b: dict) -> tuple[float, float] | None:
+    """Mean and standard error of a's final block losses minus b's (the same blocks), or None."""
+    if a["final_block_losses"] is None or b["final_block_losses"] is None:
+        return None
+    diff = np.asarray(a["final_block_losses"], dtype=float) - np.asarray(b["final_block_losses"], dtype=float)
+    return float(diff.mean()), float(diff.std(ddof=1) / np.sqrt(len(diff)))
+
+
+def load_summaries(folder: Path = SUMMARIES) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))]
+
+
+def in_grid(summary: dict, prefix: str) -> bool:
+    others = [p for p in (STUDY, LR_SWEEP, SIZES) if p != prefix and p.startswith(prefix)]
+    name = summary["name"]
+    return name.startswith(prefix + "-") and not any(name.startswith(o + "-") for o in others)
+
+
+def label_matched(runs: list[dict]) -> None:
+    """Dense runs: matched = active where the training FLOPs per token equal the top-1 MoE runs', else total."""
+    top1 = [r["train_flops_per_token"] for r in runs if r["kind"] == "moe" and r["top_k"] == 1]
+    active_flops = statistics.median(top1) if top1 else min(r["train_flops_per_token"] for r in runs)
+    for r in runs:
+        close = abs(r["train_flops_per_token"] / active_flops - 1) < 0.01
+        r["matched"] = ("active" if close else "total") if r["kind"] == "dense" else None
+
+
+def reference(runs: list[dict], seed: int | None = None) -> dict | None:
+    """The active-matched dense run (at `seed`, else the most common seed)."""
+    dense = [r for r in runs if r["kind"] == "dense" and r["matched"] == "active"]
+    if not dense:
+        return None
+    seed = seed if seed is not None else statistics.mode(r["seed"] for r in runs)
+    return next((r for r in dense if r["seed"] == seed), dense[0])
+
+
+def study_rows(runs: list[dict]) -> tuple[list[dict], dict]:
+    """One row per run against the reference, and the seed-to-seed noise where a seed repeat exists."""
+    label_matched(runs)
+    ref = reference(runs)
+    rows, target = [], ref["val"][-1][1] if ref else None
+    for r in sorted(runs, key=_order):
+        reached = tokens_to_reach(r["val"], target) if ref else None
+        diff = paired(r, ref) if ref else None
         rows.append(
             {
-                **{
-                    k: r[k]
-                    for k in (
-                        "name",
-                        "experts",
-                        "top_k",
-                        "active_params",
-                        "total_params",
-                        "train_flops_per_token",
-                        "median_step_s",
-                    )
-                },
+                **{k: r[k] for k in ("name", "kind", "matched", "num_experts", "top_k", "expert_d_ff", "lr", "seed")},
+                **{k: r[k] for k in ("active_params", "total_params", "train_flops_per_token")},
+                "tokens": r["val"][-1][0],
                 "final_val_loss": r["val"][-1][1],
-                "step_to_dense_final_loss": reached,
-                "step_speedup": dense_steps / reached if reached else None,
-                "time_per_step_vs_dense": r["median_step_s"] / dense["median_step_s"],
+                "final_val_loss_se": r["val"][-1][2],
+                "tokens_to_dense_final": reached,
+                "tokens_fraction_of_dense": reached / ref["val"][-1][0] if reached and ref else None,
+                "paired_diff_vs_dense": diff[0] if diff else None,
+                "paired_diff_se": diff[1] if diff else None,
+                "train_val_gap": r["val"][-1][1] - r["train_sample"][-1][1] if r["train_sample"] else None,
+                "tokens_per_s": r["tokens_per_s"],
+                "wall_s": r["wall_s"],
             }
         )
-    print(f"dense final validation loss {target:.4f} at step {dense_steps}")
-    print(
-        "| run | experts | top-k | active / total params | FLOPs/token | final val loss | step to dense final "
-        "| step speedup | time/step vs dense |"
+    return rows, seed_noise(runs)
+
+
+def seed_noise(runs: list[dict]) -> dict:
+    """Final-loss differences between runs that differ only in their seed: |A - B| and the paired standard error."""
+    out = {}
+    key = lambda r: (r["kind"], r["matched"], r["num_experts"], r["top_k"], r["expert_d_ff"], r["lr"])  # noqa: E731
+    for _, group in itertools.groupby(sorted(runs, key=lambda r: (str(key(r)), r["seed"])), key=key):
+        group = list(group)
+        if len(group) > 1:
+            a, b = group[0], group[1]
+            diff = paired(b, a)
+            out[a["name"]] = {
+                "repeat": b["name"],
+                "abs_diff": abs(b["val"][-1][1] - a["val"][-1][1]),
+                "paired_se": diff[1] if diff else None,
+            }
+    return out
+
+
+def verdict(rows: list[dict], noise: dict) -> dict:
+    """The study's two claims, measured: the best MoE run's share of the dense run's tokens to its final loss and
+    its paired gain against twice the seed-to-seed noise; whether top-1's final loss falls with every doubling of
+    the experts."""
+    moe = [r for r in rows if r["kind"] == "moe"]
+    reached = [r for r in moe if r["tokens_fraction_of_dense"] is not None]
+    best = min(reached, key=lambda r: r["tokens_fraction_of_dense"]) if reached else None
+    seed = max((n["abs_diff"] for n in noise.values()), default=None)
+    seed_of_reference = statistics.mode(r["seed"] for r in rows)
+    top1 = sorted(
+        (r for r in moe if r["top_k"] == 1 and r["seed"] == seed_of_reference), key=lambda r: r["num_experts"]
     )
-    print("|---|---|---|---|---|---|---|---|---|")
-    for row in rows:
-        reached = f"{row['step_to_dense_final_loss']:.0f}" if row["step_to_dense_final_loss"] else "not reached"
-        speedup = f"{row['step_speedup']:.2f}x" if row["step_speedup"] else "-"
-        print(
-            f"| {row['name']} | {row['experts'] or 'dense'} | {row['top_k'] if row['experts'] else '-'} | "
-            f"{row['active_params'] / 1e6:.2f}M / {row['total_params'] / 1e6:.2f}M | "
-            f"{row['train_flops_per_token'] / 1e6:.1f}M | {row['final_val_loss']:.4f} | {reached} | {speedup} | "
-            f"{row['time_per_step_vs_dense']:.2f}x |"
+    losses = [r["final_val_loss"] for r in top1]
+    return {
+        "best_moe": best["name"] if best else None,
+        "best_tokens_fraction": best["tokens_fraction_of_dense"] if best else None,
+        "best_gain": -best["paired_diff_vs_dense"] if best and best["paired_diff_vs_dense"] is not None else None,
+        "seed_noise": seed,
+        "gain_over_twice_noise": (
+            best is not None
+            and seed is not None
+            and best["paired_diff_vs_dense"] is not None
+            and -best["paired_diff_vs_dense"] > 2 * seed
+        ),
+        "top1_experts": [r["num_experts"] for r in top1],
+        "top1_final_losses": losses,
+        "top1_falls_with_experts": len(losses) > 1 and all(b < a for a, b in itertools.pairwise(losses)),
+    }
+
+
+def _order(r: dict) -> tuple:
+    return (r["kind"] == "moe", r.get("matched") or "", r["top_k"] or 0, r["num_experts"] or 0, r["seed"], r["lr"])
+
+
+def fit_members(study: list[dict]) -> list[dict]:
+    """The study runs that belong to the sizes grid's families: active-matched dense and full-width MoE-8 top-1, at
+    the reference's seed."""
+    if not study:
+        return []
+    label_matched(study)
+    ref = reference(study)
+    if ref is None:
+        return []
+    dense = [r for r in study if r["kind"] == "dense" and r["matched"] == "active"]
+    moe = [r for r in study if r["kind"] == "moe" and (r["num_experts"], r["top_k"]) == (8, 1)]
+    return [r for r in dense + moe if r["seed"] == ref["seed"] and r.get("expert_d_ff") in (None, r["d_ff"])]
+
+
+def scaling_fit(runs: list[dict]) -> dict:
+    """Loss against training compute per family (dense; MoE E x top-k) over the sizes grid, and MoE's compute
+    multiplier at equal loss: C_dense(L) / C_moe(L) at the MoE points' median loss."""
+    from moe.scaling.fit import fit_power_law
+
+    families: dict[str, list[tuple[float, float, str]]] = {}
+    for r in runs:
+        family = "dense" if r["kind"] == "dense" else f"MoE {r['num_experts']}x top-{r['top_k']}"
+        families.setdefault(family, []).append(
+            (r["train_flops_per_token"] * r["val"][-1][0], r["val"][-1][1], r["name"])
         )
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps({"dense_final_val_loss": target, "rows": rows}, indent=1) + "\n")
-    _plot(runs, target, args.png)
-    print(f"wrote {args.json} and {args.png}")
-    return {"rows": rows}
+    out = {"families": {}}
+    for family, points in sorted(families.items()):
+        entry = {"points": [{"run": n, "compute": c, "loss": loss} for c, loss, n in sorted(points)]}
+        if len(points) >= 3:
+            law = fit_power_law([c for c, _, _ in points], [loss for _, loss, _ in points])
+            entry["fit"] = {"a": law.a, "b": law.b}
+        out["families"][family] = entry
+    dense = out["families"].get("dense", {}).get("fit")
+    for family, entry in out["families"].items():
+        if family != "dense" and dense and "fit" in entry:
+            loss = statistics.median(p["loss"] for p in entry["points"])
+            ratio = compute_at(dense, loss) / compute_at(entry["fit"], loss)
+            entry["compute_multiplier"] = {"at_loss": loss, "dense_over_moe": ratio}
+    return out
 
 
-def _plot(runs: list[dict], target: float, png: Path) -> None:
-    import matplotlib
+def compute_at(fit: dict, loss: float) -> float:
+    """The compute C at which a C^-b = loss."""
+    return (fit["a"] / loss) ** (1 / fit["b"])
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for r in sorted(runs, key=lambda r: (r["top_k"] if r["experts"] else 0, r["experts"])):
-        label = "dense" if not r["experts"] else f"MoE-{r['experts']} top-{r['top_k']}"
-        style = "k-" if not r["experts"] else ("-" if r["top_k"] == 1 else "--")
-        steps, losses = zip(*r["val"][1:])  # step 0 is the untrained model
-        ax.plot(steps, losses, style, label=label, linewidth=2 if not r["experts"] else 1.2)
-    ax.axhline(target, color="grey", linestyle=":", linewidth=1)
-    ax.set_xlabel("step (equal tokens per step)")
-    ax.set_ylabel("validation loss")
-    ax.set_title("MoE vs dense at equal active FLOPs per token")
-    ax.legend()
-    png.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(png, dpi=120)
+def lr_rows(runs: list[dict]) -> list[dict]:
+    rows = [
+        {
+            "name": r["name"],
+            "kind": r["kind"],
+            "lr": r["lr"],
+            "tokens": r["val"][-1][0],
+            "final_val_loss": r["val"][-1][1],
+        }
+        for r in sorted(runs, key=lambda r: (r["kind"], r["lr"]))
+    ]
+    for kind in {r["kind"] for r in rows}:
+        best = min((r for r in rows if r["kind"] == kind), key=lambda r: r["final_val_loss"])
+        best["best_of_family"] = True
+    return rows
+
+
+def report(summaries: list[dict], json_path: Path, docs: Path) -> dict:
+    from benchmarks.moe_vs_dense_plots import write_figures, write_markdown
+
+    study = [s for s in summaries if in_grid(s, STUDY)]
+    result = {"study": [], "seed_noise": {}, "lr_sweep": lr_rows([s for s in summaries if in_grid(s, LR_SWEEP)])}
+    if study:
+        result["study"], result["seed_noise"] = study_rows(study)
+        result["verdict"] = verdict(result["study"], result["seed_noise"])
+    sizes = [s for s in summaries if in_grid(s, SIZES)]
+    if sizes:
+        sizes += fit_members(study)  # the study's d_model 128 pair is the fit's middle size
+    result["scaling_fit"] = scaling_fit(sizes) if sizes else None
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps(result, indent=1) + "\n")
+    docs.mkdir(parents=True, exist_ok=True)
+    figures = write_figures(study, sizes, result, docs)
+    write_markdown(result, figures, docs / "moe_vs_dense_results.md")
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("runs", nargs="*", type=Path, help="run folders to summarize first (runs/cpu-study-*)")
+    p.add_argument("--summaries", type=Path, default=SUMMARIES)
+    p.add_argument("--json", type=Path, default=REPO / "benchmarks/results/moe_vs_dense_study.json")
+    p.add_argument("--docs", type=Path, default=REPO / "docs", help="where the tables and figures go")
+    args = p.parse_args(argv)
+    args.summaries.mkdir(parents=True, exist_ok=True)
+    for run_dir in args.runs:
+        if run_dir.name.startswith(STUDY) and (run_dir / "metrics.jsonl").is_file():
+            summary = summarize(run_dir)
+            (args.summaries / f"{summary['name']}.json").write_text(json.dumps(summary) + "\n")
+            print(f"summarized {run_dir} ({summary['val'][-1][0]:,} tokens)")
+    summaries = load_summaries(args.summaries)
+    if not summaries:
+        print(f"error: no run summaries in {args.summaries}; give run folders first", file=sys.stderr)
+        return 2
+    result = report(summaries, args.json, args.docs)
+    print((args.docs / "moe_vs_dense_results.md").read_text())
+    print(f"wrote {args.json}: {len(result['study'])} study runs, {len(result['lr_sweep'])} LR-sweep runs")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

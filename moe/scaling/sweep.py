@@ -15,6 +15,8 @@
 
 `grid` may also be a list of such mappings: the sweep is then the union of their runs (a study of runs that are not
 one product: a dense baseline, a wider dense model, MoE at several expert counts; recipes/scaling/cpu_study.yaml).
+A mapping of that list may hold `overrides` of its own, fixed for its runs and not part of their names (a learning
+rate per model family).
 
 A run is a recipe, dotted overrides, a ds_config and a rank count; its name is made of the values that vary
 (tiny-scaling-s-moe-k2). A dense run (moe.enabled false) ignores the moe.* axes, so it appears once. Every run goes
@@ -55,6 +57,7 @@ LAUNCHER = "launch/pretrain_moe.sh"
 SLURM_LAUNCHER = "launch/slurm_pretrain_moe.sbatch"
 STATE_FILE = "state.json"  # under the sweep's out folder (moe/scaling/sweep_state.py)
 SPECIAL_AXES = ("gpus", "size")
+GRID_OVERRIDES = "overrides"  # in a list of grids: one grid's fixed settings, not an axis
 # short names of the usual axes in run names; any other key is named by its last part (optim.lr=0.001 -> lr0.001)
 SHORT = {
     "moe.num_experts": "e",
@@ -108,7 +111,9 @@ def load_sweep(path: str | Path) -> SweepSpec:
 
 
 def _check_grid(grid: dict, spec: SweepSpec, path: Path) -> None:
-    for axis, values in grid.items():
+    if GRID_OVERRIDES in grid and (not isinstance(grid[GRID_OVERRIDES], dict) or not isinstance(spec.grid, list)):
+        raise ConfigError(f"{path}: '{GRID_OVERRIDES}' inside a grid must be a mapping, in a list of grids")
+    for axis, values in axes_of(grid).items():
         if not isinstance(values, list) or not values:
             raise ConfigError(f"{path}: grid axis '{axis}' must be a non-empty list, got {values!r}")
     for size in grid.get("size", []):
@@ -116,6 +121,11 @@ def _check_grid(grid: dict, spec: SweepSpec, path: Path) -> None:
             raise ConfigError(f"{path}: grid size '{size}' is not one of sizes: {', '.join(spec.sizes) or 'none'}")
     if any(not isinstance(g, int) or g < 1 for g in grid.get("gpus", [1])):
         raise ConfigError(f"{path}: grid gpus must be positive integers, got {grid['gpus']}")
+
+
+def axes_of(grid: dict) -> dict:
+    """A grid's axes: every key but its own fixed overrides."""
+    return {axis: values for axis, values in grid.items() if axis != GRID_OVERRIDES}
 
 
 def grids(spec: SweepSpec) -> list[dict]:
@@ -127,10 +137,10 @@ def varying_axes(spec: SweepSpec) -> list[str]:
     """The axes that take more than one value over the whole sweep (they name its runs), in first-seen order."""
     values: dict[str, set] = {}
     for grid in grids(spec):
-        for axis, axis_values in grid.items():
+        for axis, axis_values in axes_of(grid).items():
             values.setdefault(axis, set()).update(map(_yaml_value, axis_values))
     # an axis that only some of the grids set tells their runs apart, even with one value
-    return [a for a, seen in values.items() if len(seen) > 1 or any(a not in grid for grid in grids(spec))]
+    return [a for a, seen in values.items() if len(seen) > 1 or any(a not in axes_of(g) for g in grids(spec))]
 
 
 def expand(spec: SweepSpec, extra: list[str] = ()) -> list[Run]:
@@ -139,17 +149,20 @@ def expand(spec: SweepSpec, extra: list[str] = ()) -> list[Run]:
     varying = varying_axes(spec)
     runs: dict[str, Run] = {}
     for grid in grids(spec):
-        for values in itertools.product(*grid.values()):
-            _add_run(runs, spec, dict(zip(grid, values)), varying, extra)
+        axes, fixed = axes_of(grid), grid.get(GRID_OVERRIDES, {})
+        for values in itertools.product(*axes.values()):
+            _add_run(runs, spec, dict(zip(axes, values)), varying, extra, fixed)
     return list(runs.values())
 
 
-def _add_run(runs: dict[str, Run], spec: SweepSpec, point: dict, varying: list[str], extra: list[str]) -> None:
+def _add_run(
+    runs: dict[str, Run], spec: SweepSpec, point: dict, varying: list[str], extra: list[str], fixed: dict
+) -> None:
     if point.get("moe.enabled") is False:  # a dense run: the moe.* axes mean nothing to it
         point = {k: v for k, v in point.items() if not k.startswith("moe.") or k == "moe.enabled"}
     gpus = point.pop("gpus", 1)
     size = point.pop("size", None)
-    settings = {**spec.overrides, **(spec.sizes[size] if size else {}), **point}
+    settings = {**spec.overrides, **fixed, **(spec.sizes[size] if size else {}), **point}
     name = run_name(spec.sweep, {"gpus": gpus, "size": size, **point}, varying)
     if name in runs:
         return

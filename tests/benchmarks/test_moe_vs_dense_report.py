@@ -1,52 +1,155 @@
-"""benchmarks/moe_vs_dense.py: the step at which a run reaches the dense final loss, interpolated between
-validations, and the report over real run folders (the sweep's layout: metrics.jsonl + model_config/)."""
+"""The MoE-against-dense study (recipes/scaling/cpu_study*.yaml, benchmarks/moe_vs_dense.py): the study grid's
+real runs at 2 steps each through the sweep and the launcher (one layer, on a stdlib slice: about a minute on 2
+cores), then the report over them; the LR grid resolved run by run; and the report's arithmetic on curves whose
+answers are known."""
 
 import json
 import sys
 
+import numpy as np
 import pytest
 
-from benchmarks.moe_vs_dense import step_to_reach
-from moe.model import MoEGPTConfig
-from tests.helpers import run
+from benchmarks.moe_vs_dense import lr_rows, paired, scaling_fit, study_rows, tokens_to_reach, verdict
+from moe.scaling.sweep import expand, load_sweep
+from tests.helpers import REPO, explain, run
+
+STUDY, LR_GRID = "recipes/scaling/cpu_study.yaml", "recipes/scaling/cpu_study_lr.yaml"
+# 2 steps of the real widths, one layer deep, on a stdlib slice (site_packages takes minutes to prepare on 2 cores)
+TWO_STEPS = (
+    "model.n_layers=1",
+    "train.max_tokens=4096",
+    "train.eval_interval=1",
+    "train.eval_blocks=32",
+    "train.train_eval_blocks=16",
+    "train.save_interval=0",
+    "data.source=stdlib",
+    "data.max_documents=600",
+    "data.vocab_size=1024",
+    "data.val_fraction=0.1",
+)
 
 
-def test_step_to_reach_interpolates_between_validations():
-    val = [(0, 9.0), (25, 5.0), (50, 4.0), (75, 3.0)]
-    assert step_to_reach(val, 4.0) == 50
-    assert step_to_reach(val, 3.5) == pytest.approx(62.5)
-    assert step_to_reach(val, 2.0) is None
+def test_the_study_as_specified():
+    runs = {r.name: r for r in expand(load_sweep(REPO / STUDY))}
+    assert {"cpu-study-dense", "cpu-study-dense-d_ff3072", "cpu-study-dense-seed1235"} <= set(runs)
+    assert {f"cpu-study-moe-e{e}" for e in (4, 8, 16, 32)} <= set(runs)
+    assert all(r.gpus == 1 for r in runs.values())  # one single-rank run per core under --parallel auto
 
 
-def fake_run(folder, moe: bool, val_losses):
-    folder.mkdir()
-    MoEGPTConfig(
-        vocab_size=256, d_model=32, n_layers=2, n_heads=2, moe_enabled=moe, num_experts=4, num_experts_per_tok=1
-    ).save_pretrained(folder / "model_config")
-    lines = [{"step": s, "loss": 5.0, "step_time_s": 0.1 if not moe else 0.12} for s in range(1, 11)]
-    lines += [{"step": s, "val_loss": v} for s, v in val_losses]
-    (folder / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+def test_the_lr_grid_resolves_every_run(tmp_path):
+    proc = run([sys.executable, "launch/sweep.py", LR_GRID, "--dry-run", f"logging.runs_dir={tmp_path}"], timeout=120)
+    assert proc.returncode == 0, explain(proc)
+    assert proc.stdout.count("launch/pretrain_moe.sh --num_gpus 1 ") == 7  # dense at three rates, MoE-8 at four
 
 
-def test_report_gives_speedup_against_the_dense_run(tmp_path):
-    fake_run(tmp_path / "dense", False, [(0, 9.0), (5, 6.0), (10, 5.0)])
-    fake_run(tmp_path / "moe", True, [(0, 9.0), (5, 5.0), (10, 4.5)])
-    out = tmp_path / "r.json"
+@pytest.fixture(scope="module")
+def study_runs(tmp_path_factory):
+    """Every run of the study grid, 2 steps each, two at a time; the folder of their folders."""
+    runs_dir = tmp_path_factory.mktemp("study")
     proc = run(
-        [
-            sys.executable,
-            "benchmarks/moe_vs_dense.py",
-            str(tmp_path / "dense"),
-            str(tmp_path / "moe"),
-            "--json",
-            str(out),
-            "--png",
-            str(tmp_path / "p.png"),
-        ],
-        timeout=120,
+        [sys.executable, "launch/sweep.py", STUDY, "--parallel", "auto", *TWO_STEPS, f"logging.runs_dir={runs_dir}"],
+        timeout=900,
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    rows = {r["name"]: r for r in json.loads(out.read_text())["rows"]}
-    assert rows["moe"]["step_to_dense_final_loss"] == 5 and rows["moe"]["step_speedup"] == 2.0
-    assert rows["moe"]["time_per_step_vs_dense"] == pytest.approx(1.2)
-    assert (tmp_path / "p.png").stat().st_size > 1000
+    assert proc.returncode == 0, explain(proc)
+    return runs_dir
+
+
+def test_the_grids_train_and_the_report_reads_them(study_runs, tmp_path):
+    summaries, out, docs = tmp_path / "summaries", tmp_path / "study.json", tmp_path / "docs"
+    folders = sorted(str(p) for p in study_runs.glob("cpu-study-*") if p.is_dir())
+    proc = run(
+        [sys.executable, "benchmarks/moe_vs_dense.py", *folders, "--summaries", str(summaries), "--json", str(out)]
+        + ["--docs", str(docs)],
+        timeout=300,
+    )
+    assert proc.returncode == 0, explain(proc)
+    result = json.loads(out.read_text())
+    rows = {r["name"]: r for r in result["study"]}
+    assert len(rows) == 9 and result["lr_sweep"] == []
+    fields = {"kind", "matched", "num_experts", "top_k", "active_params", "total_params", "tokens", "final_val_loss"}
+    assert all(fields | {"tokens_to_dense_final"} <= set(r) for r in rows.values())
+    assert all(r["tokens"] == 4096 for r in rows.values())  # equal tokens: 2 steps of 16 x 128
+    dense, e8 = rows["cpu-study-dense"], rows["cpu-study-moe-e8"]
+    assert dense["matched"] == "active" and rows["cpu-study-dense-d_ff3072"]["matched"] == "total"
+    assert (
+        e8["active_params"] == pytest.approx(dense["active_params"], rel=0.01)
+        and e8["active_params"] < e8["total_params"]
+    )
+    assert rows["cpu-study-dense-d_ff3072"]["total_params"] == pytest.approx(e8["total_params"], rel=0.01)
+    assert dense["paired_diff_vs_dense"] == 0 and e8["paired_diff_se"] > 0  # block losses from the runs' last pass
+    assert "cpu-study-dense" in result["seed_noise"] and result["verdict"]["top1_experts"] == [4, 8, 16, 32]
+    assert {p.name for p in docs.glob("*.png")} == {f"moe_vs_dense_{f}.png" for f in ("curves", "experts", "load")}
+    assert "| cpu-study-moe-e32 |" in (docs / "moe_vs_dense_results.md").read_text()
+
+
+def test_tokens_to_reach_interpolates_between_passes():
+    curve = [[0, 9.0, 0.1], [100, 5.0, 0.1], [200, 4.0, 0.1], [300, 3.0, 0.1]]
+    assert tokens_to_reach(curve, 4.0) == 200
+    assert tokens_to_reach(curve, 3.5) == pytest.approx(250)
+    assert tokens_to_reach(curve, 2.0) is None
+
+
+def summary(name, kind, flops, final, blocks=None, seed=1234, experts=None):
+    return {
+        "name": name,
+        "kind": kind,
+        "num_experts": experts,
+        "top_k": 1 if kind == "moe" else None,
+        "expert_d_ff": 8 if kind == "moe" else None,
+        "lr": 1e-3,
+        "seed": seed,
+        "active_params": 10,
+        "total_params": 10,
+        "train_flops_per_token": flops,
+        "val": [[0, 9.0, 0.1], [1000, final + 1, 0.01], [2000, final, 0.01]],
+        "train_sample": [[2000, final - 0.1]],
+        "final_block_losses": blocks,
+        "tokens_per_s": 1.0,
+        "wall_s": 1.0,
+    }
+
+
+def test_rows_against_the_active_matched_dense_run():
+    rng = np.random.default_rng(0)
+    base = rng.uniform(3, 5, size=400)
+    runs = [
+        summary("d", "dense", 100.0, 4.0, base.tolist()),
+        summary("d-seed", "dense", 100.0, 4.01, (base + 0.01 + rng.normal(0, 0.01, 400)).tolist(), seed=1235),
+        summary("wide", "dense", 400.0, 3.6),
+        summary("m", "moe", 100.5, 3.5, (base - 0.5).tolist(), experts=8),  # reaches 4.0 halfway to its end
+    ]
+    rows, noise = study_rows(runs)
+    by = {r["name"]: r for r in rows}
+    assert by["d"]["matched"] == "active" and by["wide"]["matched"] == "total"
+    assert by["m"]["tokens_to_dense_final"] == pytest.approx(1500) and by["m"]["tokens_fraction_of_dense"] == 0.75
+    assert by["m"]["paired_diff_vs_dense"] == pytest.approx(-0.5) and by["m"]["paired_diff_se"] < 1e-9
+    assert by["d"]["train_val_gap"] == pytest.approx(0.1)
+    assert noise["d"]["repeat"] == "d-seed" and noise["d"]["abs_diff"] == pytest.approx(0.01)
+    assert noise["d"]["paired_se"] == pytest.approx(0.01 / 20, rel=0.2)  # std 0.01 over 400 blocks
+    assert paired(runs[2], runs[0]) is None  # no block losses: no paired difference
+    v = verdict(rows, noise)
+    assert v["best_moe"] == "m" and v["best_tokens_fraction"] == 0.75 and v["best_gain"] == pytest.approx(0.5)
+    assert v["gain_over_twice_noise"] and v["seed_noise"] == pytest.approx(0.01)
+
+
+def test_lr_sweep_marks_the_best_rate_of_each_family():
+    runs = [
+        summary(f"{k}{lr}", k, 1.0, loss) | {"lr": lr}
+        for k, lr, loss in [("dense", 1e-3, 4.1), ("dense", 2e-3, 4.0), ("moe", 1e-3, 3.9), ("moe", 2e-3, 3.95)]
+    ]
+    best = {(r["kind"], r["lr"]) for r in lr_rows(runs) if r.get("best_of_family")}
+    assert best == {("dense", 2e-3), ("moe", 1e-3)}
+
+
+def test_scaling_fit_recovers_a_known_power_law_and_the_multiplier():
+    def family(kind, a, b, flops, experts=None):
+        runs = []
+        for i, f in enumerate(flops):
+            s = summary(f"{kind}{i}", kind, f, a * (f * 2000) ** -b, experts=experts)
+            runs.append(s)
+        return runs
+
+    fit = scaling_fit(family("dense", 50.0, 0.1, [1e6, 4e6, 1.6e7]) + family("moe", 40.0, 0.1, [1e6, 4e6, 1.6e7], 8))
+    dense, moe = fit["families"]["dense"], fit["families"]["MoE 8x top-1"]
+    assert dense["fit"]["b"] == pytest.approx(0.1) and dense["fit"]["a"] == pytest.approx(50.0)
+    assert moe["compute_multiplier"]["dense_over_moe"] == pytest.approx((50 / 40) ** 10)  # (a_d / a_m)^(1/b)

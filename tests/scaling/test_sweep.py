@@ -134,7 +134,8 @@ def test_a_list_of_grids_is_the_union_of_their_runs(tmp_path):
                     {"moe.enabled": [False]},
                     {"moe.enabled": [False], "model.d_ff": [512]},
                     {"moe.enabled": [True, False], "moe.num_experts": [4, 8]},  # its dense point is the first grid's
-                    {"moe.enabled": [True], "moe.num_experts": [8], "moe.top_k": [2], "moe.expert_d_ff": [64]},
+                    {"moe.enabled": [True], "moe.num_experts": [8], "moe.top_k": [2], "moe.expert_d_ff": [64]}
+                    | {"overrides": {"optim.lr": 0.001}},  # fixed for this grid's runs, not in their names
                 ],
             },
             sort_keys=False,
@@ -144,6 +145,7 @@ def test_a_list_of_grids_is_the_union_of_their_runs(tmp_path):
     assert list(runs) == ["u-dense", "u-dense-d_ff512", "u-moe-e4", "u-moe-e8", "u-moe-e8-k2-expert_d_ff64"]
     assert runs["u-dense-d_ff512"]["model.d_ff"] == "512" and "model.d_ff" not in runs["u-dense"]
     assert runs["u-moe-e8-k2-expert_d_ff64"]["moe.top_k"] == "2" and runs["u-moe-e8"].get("moe.top_k") is None
+    assert runs["u-moe-e8-k2-expert_d_ff64"]["optim.lr"] == "0.001" and "optim.lr" not in runs["u-moe-e8"]
     path.write_text(yaml.safe_dump({"sweep": "u", "recipe": "recipes/tiny.yaml", "grid": [{"moe.top_k": 2}]}))
     proc = run([*SWEEP_CLI, str(path), "--dry-run"], timeout=120)
     assert proc.returncode == 2 and proc.stderr.strip() == (
