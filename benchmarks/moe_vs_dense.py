@@ -36,6 +36,7 @@ SUMMARIES = REPO / "benchmarks/results/moe_vs_dense_study"
 STUDY = "cpu-study"  # run-name prefixes of the three grids
 LR_SWEEP = "cpu-study-lr"
 SIZES = "cpu-study-size"
+ABLATIONS = "cpu-study-ablation"
 LOAD_POINTS = 40  # logged steps kept per run for the expert-load figure
 
 
@@ -113,7 +114,7 @@ def load_summaries(folder: Path = SUMMARIES) -> list[dict]:
 
 
 def in_grid(summary: dict, prefix: str) -> bool:
-    others = [p for p in (STUDY, LR_SWEEP, SIZES) if p != prefix and p.startswith(prefix)]
+    others = [p for p in (STUDY, LR_SWEEP, SIZES, ABLATIONS) if p != prefix and p.startswith(prefix)]
     name = summary["name"]
     return name.startswith(prefix + "-") and not any(name.startswith(o + "-") for o in others)
 
@@ -282,9 +283,14 @@ def report(summaries: list[dict], json_path: Path, docs: Path) -> dict:
 
     study = [s for s in summaries if in_grid(s, STUDY)]
     result = {"study": [], "seed_noise": {}, "lr_sweep": lr_rows([s for s in summaries if in_grid(s, LR_SWEEP)])}
+    result["ablations"] = []
     if study:
         result["study"], result["seed_noise"] = study_rows(study)
         result["verdict"] = verdict(result["study"], result["seed_noise"])
+    ablations = [s for s in summaries if in_grid(s, ABLATIONS)]
+    ref = reference(study) if study else None
+    if ablations and ref:  # each against the study's dense reference, the reference's row dropped
+        result["ablations"] = [r for r in study_rows([ref, *ablations])[0] if r["name"] != ref["name"]]
     sizes = [s for s in summaries if in_grid(s, SIZES)]
     if sizes:
         sizes += fit_members(study)  # the study's d_model 128 pair is the fit's middle size

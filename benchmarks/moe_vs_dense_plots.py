@@ -167,31 +167,9 @@ def write_markdown(result: dict, figures: dict[str, str], path: Path) -> None:
                 f"| {r['name']} | {r['kind']} | {r['lr']:g}{best} | {r['tokens']:,} | {r['final_val_loss']:.4f} |"
             )
         lines.append("")
-    if result["study"]:
-        lines += [
-            "## The study",
-            "",
-            "Paired difference: the run's final loss minus the active-matched dense run's, "
-            "block by block over the same validation blocks (± its standard error).",
-            "",
-            "| run | active / total params | tokens | final val loss ± s.e. | paired diff vs dense | "
-            "tokens to dense final | speedup | train/val gap | tokens/s |",
-            "|---|---|---|---|---|---|---|---|---|",
-        ]
-        for r in result["study"]:
-            diff = "-"
-            if r["paired_diff_se"] is not None:
-                diff = f"{r['paired_diff_vs_dense']:+.4f} ± {r['paired_diff_se']:.4f}"
-            reach = f"{r['tokens_to_dense_final'] / 1e6:.2f}M" if r["tokens_to_dense_final"] else "not reached"
-            speed = f"{1 / r['tokens_fraction_of_dense']:.2f}x" if r["tokens_fraction_of_dense"] else "-"
-            gap = f"{r['train_val_gap']:.4f}" if r["train_val_gap"] is not None else "-"
-            tps = f"{r['tokens_per_s']:,.0f}" if r["tokens_per_s"] else "-"
-            lines.append(
-                f"| {r['name']} | {r['active_params'] / 1e6:.2f}M / {r['total_params'] / 1e6:.2f}M | {r['tokens']:,} | "
-                f"{r['final_val_loss']:.4f} ± {r['final_val_loss_se'] or 0:.4f} | {diff} | {reach} | {speed} | {gap} | "
-                f"{tps} |"
-            )
-        lines.append("")
+    for key, title in (("study", "The study"), ("ablations", "Ablations of MoE-8 top-1")):
+        if result.get(key):
+            lines += [f"## {title}", "", *_run_table(result[key]), ""]
     v = result.get("verdict")
     if v:
         frac = f"{v['best_tokens_fraction']:.2f}x" if v["best_tokens_fraction"] else "never"
@@ -226,3 +204,27 @@ def write_markdown(result: dict, figures: dict[str, str], path: Path) -> None:
             lines.append(f"| {family} | {len(entry['points'])} | {ab} | {mult} |")
     lines += [""] + [f"![{role}]({name})" for role, name in figures.items()]
     path.write_text("\n".join(lines) + "\n")
+
+
+def _run_table(rows: list[dict]) -> list[str]:
+    """One line a run: its final loss, the paired difference against the active-matched dense run (block by block
+    over the same validation blocks, ± its standard error), the tokens to that run's final loss."""
+    lines = [
+        "| run | active / total params | tokens | final val loss ± s.e. | paired diff vs dense | "
+        "tokens to dense final | speedup | train/val gap | tokens/s |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        diff = "-"
+        if r["paired_diff_se"] is not None:
+            diff = f"{r['paired_diff_vs_dense']:+.4f} ± {r['paired_diff_se']:.4f}"
+        reach = f"{r['tokens_to_dense_final'] / 1e6:.2f}M" if r["tokens_to_dense_final"] else "not reached"
+        speed = f"{1 / r['tokens_fraction_of_dense']:.2f}x" if r["tokens_fraction_of_dense"] else "-"
+        gap = f"{r['train_val_gap']:.4f}" if r["train_val_gap"] is not None else "-"
+        tps = f"{r['tokens_per_s']:,.0f}" if r["tokens_per_s"] else "-"
+        lines.append(
+            f"| {r['name']} | {r['active_params'] / 1e6:.2f}M / {r['total_params'] / 1e6:.2f}M | {r['tokens']:,} | "
+            f"{r['final_val_loss']:.4f} ± {r['final_val_loss_se'] or 0:.4f} | {diff} | {reach} | {speed} | {gap} | "
+            f"{tps} |"
+        )
+    return lines

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from benchmarks.moe_vs_dense import lr_rows, paired, scaling_fit, study_rows, tokens_to_reach, verdict
+from benchmarks.moe_vs_dense import lr_rows, paired, report, scaling_fit, study_rows, tokens_to_reach, verdict
 from moe.scaling.sweep import expand, load_sweep
 from tests.helpers import REPO, explain, run
 
@@ -106,6 +106,8 @@ def summary(name, kind, flops, final, blocks=None, seed=1234, experts=None):
         "final_block_losses": blocks,
         "tokens_per_s": 1.0,
         "wall_s": 1.0,
+        "d_ff": 8,
+        "expert_load": {},
     }
 
 
@@ -153,3 +155,27 @@ def test_scaling_fit_recovers_a_known_power_law_and_the_multiplier():
     dense, moe = fit["families"]["dense"], fit["families"]["MoE 8x top-1"]
     assert dense["fit"]["b"] == pytest.approx(0.1) and dense["fit"]["a"] == pytest.approx(50.0)
     assert moe["compute_multiplier"]["dense_over_moe"] == pytest.approx((50 / 40) ** 10)  # (a_d / a_m)^(1/b)
+
+
+def test_the_report_sorts_summaries_into_their_grids(tmp_path):
+    blocks = np.linspace(3, 5, 64)
+    summaries = [
+        summary("cpu-study-dense", "dense", 100.0, 4.0, blocks.tolist()),
+        summary("cpu-study-moe-e8", "moe", 100.5, 3.8, (blocks - 0.2).tolist(), experts=8),
+        summary("cpu-study-ablation-aux0.1", "moe", 100.5, 4.1, (blocks + 0.1).tolist(), experts=8),
+        summary("cpu-study-lr-dense-lr0.001", "dense", 100.0, 4.2),
+        summary("cpu-study-size-d64-dense", "dense", 25.0, 4.6),
+        summary("cpu-study-size-d96-dense", "dense", 56.0, 4.3),
+        summary("cpu-study-size-d64-moe", "moe", 25.1, 4.4, experts=8),
+        summary("cpu-study-size-d96-moe", "moe", 56.1, 4.1, experts=8),
+    ]
+    result = report(summaries, tmp_path / "r.json", tmp_path / "docs")
+    assert [r["name"] for r in result["study"]] == ["cpu-study-dense", "cpu-study-moe-e8"]
+    assert [r["name"] for r in result["lr_sweep"]] == ["cpu-study-lr-dense-lr0.001"]
+    (ablation,) = result["ablations"]  # against the study's dense run
+    assert ablation["name"] == "cpu-study-ablation-aux0.1" and ablation["paired_diff_vs_dense"] == pytest.approx(0.1)
+    families = result["scaling_fit"]["families"]  # the study's pair is the middle size of each family
+    assert {len(f["points"]) for f in families.values()} == {3} and "compute_multiplier" in families["MoE 8x top-1"]
+    assert result["verdict"]["best_moe"] == "cpu-study-moe-e8" and not result["verdict"]["gain_over_twice_noise"]
+    page = (tmp_path / "docs" / "moe_vs_dense_results.md").read_text()
+    assert "## Ablations of MoE-8 top-1" in page and "## Scaling fit" in page
