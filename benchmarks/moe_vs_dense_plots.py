@@ -39,11 +39,14 @@ def write_figures(study: list[dict], sizes: list[dict], result: dict, docs: Path
 def _curves(runs: list[dict], png: Path) -> str:
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(8, 5))
+    first_seed = min(r["seed"] for r in runs)
     for r in sorted(runs, key=lambda r: (r["kind"], r["num_experts"] or 0, r["top_k"] or 0, r["seed"])):
         tokens, losses = np.array([v[0] for v in r["val"][1:]]), np.array([v[1] for v in r["val"][1:]])
-        style = (
-            "k-" if r["kind"] == "dense" and r.get("matched") == "active" else ("k--" if r["kind"] == "dense" else "-")
-        )
+        dashes = "-" if r["seed"] == first_seed else ":"  # a seed repeat dotted
+        if r["kind"] == "dense":
+            style = ("k" if r.get("matched") == "active" else "grey") + dashes
+        else:
+            style = dashes
         ax.plot(tokens / 1e6, losses, style, label=f"{run_label(r)} seed {r['seed']}", linewidth=1.3)
     ax.set_xlabel("training tokens (M)")
     ax.set_ylabel("validation loss (the same 4,096 blocks)")
@@ -57,6 +60,7 @@ def _final_vs_experts(runs: list[dict], rows: list[dict], png: Path) -> str:
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4.5))
     by_name = {r["name"]: r for r in runs}
+    first_seed = min(row["seed"] for row in rows)
     top1 = sorted((row for row in rows if row["kind"] == "moe" and row["top_k"] == 1), key=lambda r: r["num_experts"])
     if top1:
         x = [row["num_experts"] for row in top1]
@@ -76,7 +80,7 @@ def _final_vs_experts(runs: list[dict], rows: list[dict], png: Path) -> str:
             ax.axhline(
                 row["final_val_loss"],
                 color="k",
-                linestyle="-" if row["matched"] == "active" else "--",
+                linestyle=("-" if row["matched"] == "active" else "--") if row["seed"] == first_seed else ":",
                 linewidth=1,
                 label=f"{run_label(by_name[row['name']])} seed {row['seed']}",
             )
