@@ -164,12 +164,13 @@ def _add_run(
     size = point.pop("size", None)
     settings = {**spec.overrides, **fixed, **(spec.sizes[size] if size else {}), **point}
     name = run_name(spec.sweep, {"gpus": gpus, "size": size, **point}, varying)
-    if name in runs:
-        return
     settings = _auto_ep_size(settings, spec, gpus)
     overrides = [f"{k}={_yaml_value(v)}" for k, v in settings.items()] + list(extra)
     overrides += [f"logging.run_name={name}", f"logging.wandb_group={spec.sweep}"]
-    runs[name] = Run(name, spec.recipe, spec.ds_config, gpus, tuple(overrides))
+    run = Run(name, spec.recipe, spec.ds_config, gpus, tuple(overrides))
+    if name in runs and sorted(runs[name].overrides) != sorted(run.overrides):  # two grids, one name
+        raise ConfigError(f"two runs of the sweep are named {name} but differ; give one of them an axis that names it")
+    runs.setdefault(name, run)
 
 
 def run_name(sweep: str, point: dict, varying: list[str]) -> str:

@@ -5,6 +5,7 @@ import re
 import shlex
 import subprocess
 
+import pytest
 import yaml
 
 from tests.helpers import REPO, run
@@ -121,6 +122,7 @@ def test_hostfile_runs_get_a_hostfile_of_just_the_nodes_they_need(tmp_path):
 
 
 def test_a_list_of_grids_is_the_union_of_their_runs(tmp_path):
+    from moe.config import ConfigError
     from moe.scaling.sweep import expand, load_sweep
 
     path = tmp_path / "union.yaml"
@@ -146,6 +148,10 @@ def test_a_list_of_grids_is_the_union_of_their_runs(tmp_path):
     assert runs["u-dense-d_ff512"]["model.d_ff"] == "512" and "model.d_ff" not in runs["u-dense"]
     assert runs["u-moe-e8-k2-expert_d_ff64"]["moe.top_k"] == "2" and runs["u-moe-e8"].get("moe.top_k") is None
     assert runs["u-moe-e8-k2-expert_d_ff64"]["optim.lr"] == "0.001" and "optim.lr" not in runs["u-moe-e8"]
+    clash = [{"moe.enabled": [False]}, {"moe.enabled": [False], "overrides": {"optim.lr": 0.001}}]
+    path.write_text(yaml.safe_dump({"sweep": "u", "recipe": "recipes/tiny.yaml", "grid": clash}))
+    with pytest.raises(ConfigError, match="two runs of the sweep are named u but differ"):
+        expand(load_sweep(path))
     path.write_text(yaml.safe_dump({"sweep": "u", "recipe": "recipes/tiny.yaml", "grid": [{"moe.top_k": 2}]}))
     proc = run([*SWEEP_CLI, str(path), "--dry-run"], timeout=120)
     assert proc.returncode == 2 and proc.stderr.strip() == (
