@@ -43,11 +43,9 @@ def _curves(runs: list[dict], png: Path) -> str:
     for r in sorted(runs, key=lambda r: (r["kind"], r["num_experts"] or 0, r["top_k"] or 0, r["seed"])):
         tokens, losses = np.array([v[0] for v in r["val"][1:]]), np.array([v[1] for v in r["val"][1:]])
         dashes = "-" if r["seed"] == first_seed else ":"  # a seed repeat dotted
-        if r["kind"] == "dense":
-            style = ("k" if r.get("matched") == "active" else "grey") + dashes
-        else:
-            style = dashes
-        ax.plot(tokens / 1e6, losses, style, label=f"{run_label(r)} seed {r['seed']}", linewidth=1.3)
+        color = None if r["kind"] == "moe" else ("black" if r.get("matched") == "active" else "grey")
+        label = f"{run_label(r)} seed {r['seed']}"
+        ax.plot(tokens / 1e6, losses, linestyle=dashes, color=color, label=label, linewidth=1.3)
     ax.set_xlabel("training tokens (M)")
     ax.set_ylabel("validation loss (the same 4,096 blocks)")
     ax.set_ylim(top=min(max(v[1] for r in runs for v in r["val"][1:2]), 6.0))
