@@ -38,6 +38,17 @@ LR_SWEEP = "cpu-study-lr"
 SIZES = "cpu-study-size"
 ABLATIONS = "cpu-study-ablation"
 LOAD_POINTS = 40  # logged steps kept per run for the expert-load figure
+# The MoE settings the ablations change, and their values in recipes written before a key existed
+ROUTING_DEFAULTS = {
+    "aux_loss_coef": 0.01,
+    "capacity_factor": 1.0,
+    "drop_tokens": True,
+    "z_loss_coef": 0.0,
+    "routed_scaling_factor": 1.0,
+}
+# What makes two runs the same configuration (a seed repeat differs in seed or data_seed only)
+CONFIG_KEYS = ("kind", "d_model", "d_ff", "num_experts", "top_k", "expert_d_ff", "moe_interval")
+CONFIG_KEYS += ("train_flops_per_token", "lr", "max_steps")
 
 
 def summarize(run_dir: Path) -> dict:
@@ -69,8 +80,8 @@ def summarize(run_dir: Path) -> dict:
         "n_layers": config.n_layers,
         "lr": recipe["optim"]["lr"],
         "seed": recipe["train"]["seed"],
-        "aux_loss_coef": recipe["moe"]["aux_loss_coef"],
-        "capacity_factor": recipe["moe"]["capacity_factor"],
+        "data_seed": recipe["train"].get("data_seed") or recipe["train"]["seed"],
+        **{key: recipe["moe"].get(key, default) for key, default in ROUTING_DEFAULTS.items()},
         "active_params": cost.active_params,
         "total_params": cost.total_params,
         "train_flops_per_token": cost.train_flops_per_token(),
@@ -167,18 +178,35 @@ def study_rows(runs: list[dict]) -> tuple[list[dict], dict]:
 def seed_noise(runs: list[dict]) -> dict:
     """Final-loss differences between runs that differ only in their seed: |A - B| and the paired standard error."""
     out = {}
-    key = lambda r: (r["kind"], r["matched"], r["num_experts"], r["top_k"], r["expert_d_ff"], r["lr"])  # noqa: E731
-    for _, group in itertools.groupby(sorted(runs, key=lambda r: (str(key(r)), r["seed"])), key=key):
+    for _, group in itertools.groupby(sorted(runs, key=lambda r: (str(config_key(r)), r["seed"])), key=config_key):
         group = list(group)
-        if len(group) > 1:
-            a, b = group[0], group[1]
+        a = group[0]
+        for b in group[1:]:
             diff = paired(b, a)
-            out[a["name"]] = {
-                "repeat": b["name"],
+            same_order = b.get("data_seed", b["seed"]) == a.get("data_seed", a["seed"])
+            out[b["name"]] = {
+                "of": a["name"],
+                "varies": "initialization" if same_order else "initialization and data order",
                 "abs_diff": abs(b["val"][-1][1] - a["val"][-1][1]),
                 "paired_se": diff[1] if diff else None,
             }
     return out
+
+
+def config_key(r: dict) -> tuple:
+    """Everything but the seeds: the architecture, the routing settings, the learning rate, the length."""
+    return tuple(r.get(k) for k in CONFIG_KEYS) + tuple(r.get(k, v) for k, v in ROUTING_DEFAULTS.items())
+
+
+def changes(r: dict, base: dict) -> str:
+    """What `r` changes against the MoE baseline `base`, as `key value` pairs ('baseline' for none)."""
+    if r["kind"] == "dense":
+        return f"dense, d_ff {r['d_ff']}" + (f", seed {r['seed']}" if r["seed"] != base["seed"] else "")
+    keys = ("num_experts", "top_k", "expert_d_ff", "moe_interval", *ROUTING_DEFAULTS, "seed", "data_seed")
+    diff = [
+        f"{k} {r.get(k)}" for k in keys if r.get(k, ROUTING_DEFAULTS.get(k)) != base.get(k, ROUTING_DEFAULTS.get(k))
+    ]
+    return ", ".join(diff) or "baseline"
 
 
 def verdict(rows: list[dict], noise: dict) -> dict:
@@ -278,19 +306,54 @@ def lr_rows(runs: list[dict]) -> list[dict]:
     return rows
 
 
+def ablation_rows(ablations: list[dict], lr_runs: list[dict]) -> dict:
+    """The ablations run at the LR sweep's length, each against two baselines: MoE-8 top-1 (the LR sweep's best
+    MoE run: what the change does to MoE) and dense (the grid's own active-matched dense run at that seed, else
+    the LR sweep's best; the LR sweep's dense runs predate per-block losses): tokens to its final loss and a second
+    paired difference. Also the seed noise at that length, and top-1's final loss against the expert count."""
+    best = {
+        kind: min((r for r in lr_runs if r["kind"] == kind), key=lambda r: r["val"][-1][1], default=None)
+        for kind in ("dense", "moe")
+    }
+    moe = best["moe"]
+    if not ablations or moe is None:
+        return {"rows": []}
+    own = (r for r in ablations if r["kind"] == "dense" and r["d_ff"] == moe["d_ff"] and r["seed"] == moe["seed"])
+    dense = next(own, best["dense"])
+    if dense is None:
+        return {"rows": []}
+    by_name = {r["name"]: r for r in [dense, moe, *ablations]}
+    rows, noise = study_rows(list(by_name.values()))
+    for row in rows:
+        run = by_name[row["name"]]
+        row["change"] = changes(run, moe)
+        diff = paired(run, moe)
+        row["paired_diff_vs_moe"], row["paired_diff_vs_moe_se"] = diff if diff else (None, None)
+    top1 = sorted(
+        (r for r in rows if r["kind"] == "moe" and r["change"] in ("baseline", f"num_experts {r['num_experts']}")),
+        key=lambda r: r["num_experts"],
+    )
+    losses = [r["final_val_loss"] for r in top1]
+    return {
+        "baselines": {"dense": dense["name"], "moe": moe["name"]},
+        "rows": rows,
+        "seed_noise": noise,
+        "top1_experts": [r["num_experts"] for r in top1],
+        "top1_final_losses": losses,
+        "top1_falls_with_experts": len(losses) > 1 and all(b < a for a, b in itertools.pairwise(losses)),
+    }
+
+
 def report(summaries: list[dict], json_path: Path, docs: Path) -> dict:
     from benchmarks.moe_vs_dense_plots import write_figures, write_markdown
 
     study = [s for s in summaries if in_grid(s, STUDY)]
     result = {"study": [], "seed_noise": {}, "lr_sweep": lr_rows([s for s in summaries if in_grid(s, LR_SWEEP)])}
-    result["ablations"] = []
     if study:
         result["study"], result["seed_noise"] = study_rows(study)
         result["verdict"] = verdict(result["study"], result["seed_noise"])
-    ablations = [s for s in summaries if in_grid(s, ABLATIONS)]
-    ref = reference(study) if study else None
-    if ablations and ref:  # each against the study's dense reference, the reference's row dropped
-        result["ablations"] = [r for r in study_rows([ref, *ablations])[0] if r["name"] != ref["name"]]
+    lr_runs = [s for s in summaries if in_grid(s, LR_SWEEP)]
+    result["ablations"] = ablation_rows([s for s in summaries if in_grid(s, ABLATIONS)], lr_runs)
     sizes = [s for s in summaries if in_grid(s, SIZES)]
     if sizes:
         sizes += fit_members(study)  # the study's d_model 128 pair is the fit's middle size

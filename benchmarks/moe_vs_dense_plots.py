@@ -169,9 +169,8 @@ def write_markdown(result: dict, figures: dict[str, str], path: Path) -> None:
                 f"| {r['name']} | {r['kind']} | {r['lr']:g}{best} | {r['tokens']:,} | {r['final_val_loss']:.4f} |"
             )
         lines.append("")
-    for key, title in (("study", "The study"), ("ablations", "Ablations of MoE-8 top-1")):
-        if result.get(key):
-            lines += [f"## {title}", "", *_run_table(result[key]), ""]
+    if result.get("study"):
+        lines += ["## The study", "", *_run_table(result["study"]), ""]
     v = result.get("verdict")
     if v:
         frac = f"{v['best_tokens_fraction']:.2f}x" if v["best_tokens_fraction"] else "never"
@@ -186,9 +185,9 @@ def write_markdown(result: dict, figures: dict[str, str], path: Path) -> None:
             f"{'yes' if v['top1_falls_with_experts'] else 'no'}).",
             "",
         ]
-    for run, noise in result["seed_noise"].items():
-        se = f" (paired s.e. {noise['paired_se']:.4f})" if noise["paired_se"] else ""
-        lines.append(f"Seed repeat: {run} against {noise['repeat']}: |diff| {noise['abs_diff']:.4f}{se}.")
+    lines += _noise_lines(result["seed_noise"])
+    if result["ablations"].get("rows"):
+        lines += ["", *_ablation_section(result["ablations"])]
     fit = result.get("scaling_fit")
     if fit:
         lines += [
@@ -206,6 +205,48 @@ def write_markdown(result: dict, figures: dict[str, str], path: Path) -> None:
             lines.append(f"| {family} | {len(entry['points'])} | {ab} | {mult} |")
     lines += [""] + [f"![{role}]({name})" for role, name in figures.items()]
     path.write_text("\n".join(lines) + "\n")
+
+
+def _noise_lines(noise: dict) -> list[str]:
+    lines = []
+    for run, n in noise.items():
+        se = f" (paired s.e. {n['paired_se']:.4f})" if n["paired_se"] else ""
+        lines.append(f"Seed repeat ({n['varies']}): {run} against {n['of']}: |diff| {n['abs_diff']:.4f}{se}.")
+    return lines
+
+
+def _ablation_section(ab: dict) -> list[str]:
+    """One line a change to MoE-8 top-1, with the paired differences against both baselines."""
+    lines = [
+        "## Ablations of MoE-8 top-1",
+        "",
+        f"At the LR sweep's length; baselines: dense {ab['baselines']['dense']}, MoE {ab['baselines']['moe']}. "
+        "Paired differences are over the same validation blocks (negative: lower loss than the baseline).",
+        "",
+        "| run | change | final val loss | vs dense | vs MoE-8 | tokens to dense final | train/val gap | tokens/s |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+
+    def diff(mean, se):
+        if mean is None:
+            return "-"
+        return f"{mean:+.4f} ± {se:.4f}" if se else f"{mean:+.4f}"
+
+    for r in ab["rows"]:
+        reach = f"{r['tokens_to_dense_final'] / 1e6:.2f}M" if r["tokens_to_dense_final"] else "not reached"
+        gap = f"{r['train_val_gap']:.4f}" if r["train_val_gap"] is not None else "-"
+        tps = f"{r['tokens_per_s']:,.0f}" if r["tokens_per_s"] else "-"
+        vs_dense = diff(r["paired_diff_vs_dense"], r["paired_diff_se"])
+        vs_moe = diff(r["paired_diff_vs_moe"], r["paired_diff_vs_moe_se"])
+        lines.append(
+            f"| {r['name']} | {r['change']} | {r['final_val_loss']:.4f} | {vs_dense} | {vs_moe} | {reach} | {gap} | "
+            f"{tps} |"
+        )
+    losses = ", ".join(f"{loss:.4f}" for loss in ab["top1_final_losses"])
+    falls = "yes" if ab["top1_falls_with_experts"] else "no"
+    experts = ", ".join(map(str, ab["top1_experts"]))
+    lines += ["", f"Top-1 final loss at E = {experts}: {losses} (falls with every doubling: {falls}).", ""]
+    return lines + _noise_lines(ab["seed_noise"])
 
 
 def _run_table(rows: list[dict]) -> list[str]:

@@ -62,6 +62,11 @@ def check_moe(recipe: Recipe, world_size: int) -> None:
         raise ConfigError(f"moe.noisy_gate_policy must be null, Jitter or RSample, got {moe.noisy_gate_policy!r}")
     if moe.capacity_factor <= 0 or moe.eval_capacity_factor <= 0:
         raise ConfigError("moe.capacity_factor and moe.eval_capacity_factor must be positive")
+    if moe.use_residual and moe.routed_scaling_factor != 1.0:
+        raise ConfigError(
+            "moe.routed_scaling_factor scales the experts' output, but with moe.use_residual DeepSpeed mixes it "
+            "with the dense MLP inside its MoE layer; use one of the two"
+        )
     _check_balancing(moe)
 
 

@@ -25,6 +25,7 @@ NATIVE_ONLY = {
     "min_capacity": 4,
     "noisy_gate_policy": None,
     "use_residual": False,
+    "routed_scaling_factor": 1.0,
 }
 
 

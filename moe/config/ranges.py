@@ -72,6 +72,7 @@ RECIPE_RANGES: dict[str, Bound | None] = {
     "moe.eval_capacity_factor": POSITIVE,
     "moe.min_capacity": NON_NEGATIVE,
     "moe.aux_loss_coef": NON_NEGATIVE,
+    "moe.routed_scaling_factor": POSITIVE,
     "moe.z_loss_coef": NON_NEGATIVE,
     "moe.seq_aux_loss_coef": NON_NEGATIVE,
     "moe.bias_update_rate": NON_NEGATIVE,
@@ -93,6 +94,7 @@ RECIPE_RANGES: dict[str, Bound | None] = {
     "train.decay_fraction": BETA,
     "train.min_lr_ratio": FRACTION,
     "train.seed": Bound(0, 2**32 - 1),
+    "train.data_seed": Bound(0, 2**32 - 1),
     "train.micro_batch_size": AT_LEAST_1,
     "train.grad_accum": AT_LEAST_1,
     "train.grad_clip": NON_NEGATIVE,  # 0 = no clipping

@@ -55,6 +55,8 @@ class MoEConfig:
     use_residual: bool = False  # Residual-MoE: a dense MLP beside the experts
     top2_2nd_expert_sampling: bool = True
     aux_loss_coef: float = 0.01
+    routed_scaling_factor: float = 1.0  # the experts' combined output x this (DeepSeek-V2/V3's name); top-1 weighs
+    # an expert by its softmax probability, 1/E at a uniform router, so E restores a dense MLP's scale
     z_loss_coef: float = 0.0  # ST-MoE router z-loss: mean over tokens of logsumexp(router logits)^2
     seq_aux_loss_coef: float = 0.0  # DeepSeek-V3 sequence-wise balance loss (per sequence, averaged over sequences)
     bias_update_rate: float = 0.0  # DeepSeek-V3 aux-loss-free balancing: per-expert routing bias step (0 = off)
@@ -114,6 +116,7 @@ class TrainConfig:
     )
     min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
     seed: int = 1234
+    data_seed: int | None = None  # the training blocks' order; None = seed. Fixed, a new seed varies the init only
     micro_batch_size: int | None = None  # mirrors train_micro_batch_size_per_gpu
     grad_accum: int | None = None  # mirrors gradient_accumulation_steps
     grad_clip: float | None = None  # mirrors gradient_clipping

@@ -35,6 +35,7 @@ class MoEGPTConfig(PretrainedConfig):
         use_residual: bool = False,
         top2_2nd_expert_sampling: bool = True,
         aux_loss_coef: float = 0.01,
+        routed_scaling_factor: float = 1.0,
         z_loss_coef: float = 0.0,
         seq_aux_loss_coef: float = 0.0,
         bias_update_rate: float = 0.0,
@@ -67,6 +68,7 @@ class MoEGPTConfig(PretrainedConfig):
         self.use_residual = use_residual
         self.top2_2nd_expert_sampling = top2_2nd_expert_sampling
         self.aux_loss_coef = aux_loss_coef
+        self.routed_scaling_factor = routed_scaling_factor
         self.z_loss_coef = z_loss_coef
         self.seq_aux_loss_coef = seq_aux_loss_coef
         self.bias_update_rate = bias_update_rate
@@ -124,6 +126,7 @@ def config_from_recipe(recipe, vocab_size: int) -> MoEGPTConfig:
         use_residual=e.use_residual,
         top2_2nd_expert_sampling=e.top2_2nd_expert_sampling,
         aux_loss_coef=e.aux_loss_coef,
+        routed_scaling_factor=e.routed_scaling_factor,
         z_loss_coef=e.z_loss_coef,
         seq_aux_loss_coef=e.seq_aux_loss_coef,
         bias_update_rate=e.bias_update_rate,

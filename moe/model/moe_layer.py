@@ -53,6 +53,7 @@ class MoEMLP(nn.Module):
         if config.batched_experts:
             use_batched_experts(self.moe)
         self.num_experts = num_experts
+        self.routed_scaling_factor = getattr(config, "routed_scaling_factor", 1.0)  # configs saved before it: 1
         self.train_sampling = (config.top2_2nd_expert_sampling, config.use_rts)
         self.router_stats = RouterStats(self.moe.deepspeed_moe.gate, num_experts, config.num_experts_per_tok)
 
@@ -67,7 +68,9 @@ class MoEMLP(nn.Module):
         # makes validation and generate() random; they are training-time regularizers, so keep them to training.
         gate.top2_2nd_expert_sampling, gate.use_rts = (s and self.training for s in self.train_sampling)
         gate.tokens_per_sequence = x.shape[1]
-        out, _, _ = self.moe(x)
+        out, _, _ = self.moe(x)  # (B, T, d): sum over a token's kept routes of weight x expert output
+        if self.routed_scaling_factor != 1.0:
+            out = out * self.routed_scaling_factor
         losses = gate.last_losses
         self.router_stats.record_losses(losses, self.training)
         return out, losses

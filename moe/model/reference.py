@@ -43,7 +43,8 @@ def reference_from_layer(moe_mlp, x: torch.Tensor) -> torch.Tensor:
     """Run `reference_moe` with the weights of one of our `MoEMLP` layers (all experts local)."""
     gate = moe_mlp.moe.deepspeed_moe.gate
     experts = list(moe_mlp.moe.deepspeed_moe.experts.deepspeed_experts)
-    return reference_moe(x, gate.wg.weight, experts, gate.k, getattr(gate, "routing_bias", None))
+    out = reference_moe(x, gate.wg.weight, experts, gate.k, getattr(gate, "routing_bias", None))
+    return out * moe_mlp.routed_scaling_factor
 
 
 def reference_residual_moe(moe_mlp, x: torch.Tensor) -> torch.Tensor:

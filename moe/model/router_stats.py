@@ -7,6 +7,7 @@ Each layer keeps *named running sums* on its device (no collective and no host s
     requested ()   routing slots asked for (tokens x top-k)
     tokens ()      tokens routed
     entropy ()     sum over tokens of the router distribution's entropy (nats)
+    top_prob ()    sum over tokens of the top expert's probability (native layers: top-1's combine weight)
     aux_loss (), z_loss (), seq_aux_loss ()   sums of each forward's loss
     losses ()      forwards whose losses were summed
 
@@ -33,10 +34,15 @@ LOSS_NAMES = ("aux_loss", "z_loss", "seq_aux_loss")
 
 
 def zero_sums(
-    num_experts: int, device: torch.device | str = "cpu", losses: tuple[str, ...] = LOSS_NAMES, entropy: bool = True
+    num_experts: int,
+    device: torch.device | str = "cpu",
+    losses: tuple[str, ...] = LOSS_NAMES,
+    entropy: bool = True,
+    top_prob: bool = False,
 ) -> dict[str, torch.Tensor]:
     """One layer's named sums, all zero (float64: counts stay exact)."""
-    names = ["requested", "tokens", *(["entropy"] if entropy else []), *losses, *(["losses"] if losses else [])]
+    names = ["requested", "tokens", *(["entropy"] if entropy else []), *(["top_prob"] if top_prob else [])]
+    names += [*losses, *(["losses"] if losses else [])]
     sums = {name: torch.zeros((), dtype=torch.float64, device=device) for name in names}
     sums["kept"] = torch.zeros(num_experts, dtype=torch.float64, device=device)
     return sums
@@ -75,6 +81,8 @@ def summarize(sums: dict[str, torch.Tensor]) -> dict:
         entropy, experts = float(sums["entropy"]), kept.numel()
         out["router_entropy"] = entropy / tokens if tokens else 0.0  # nats; uniform routing = ln(E)
         out["router_entropy_norm"] = entropy / tokens / math.log(experts) if tokens and experts > 1 else 0.0
+    if "top_prob" in sums:  # top-1 weighs its expert's output by this; 1/E at a uniform router
+        out["top_prob"] = float(sums["top_prob"]) / tokens if tokens else 0.0
     forwards = float(sums["losses"]) if "losses" in sums else 0.0
     for name in LOSS_NAMES:
         if name in sums:
@@ -88,7 +96,7 @@ class RouterStats:
     def __init__(self, gate: torch.nn.Module, num_experts: int, top_k: int):
         self.num_experts, self.top_k = num_experts, top_k
         self.enabled = True
-        self._sums = zero_sums(num_experts)
+        self._sums = zero_sums(num_experts, top_prob=True)
         self.pending_tokens = 0  # tokens routed since the sums were last read
         self.pending_losses: list[tuple] = []  # each forward's detached router losses since then
         gate.register_forward_hook(self._on_gate)
@@ -128,10 +136,12 @@ class RouterStats:
         probs = getattr(gate, "last_probs", None)
         if logits is None or logits.shape[0] != x.shape[0]:
             logits, probs = F.linear(x.float(), gate.wg.weight.float()), None
+        probs = F.softmax(logits.float(), dim=-1) if probs is None else probs  # (S, E)
         self._move_to(x.device)
         s = self._sums
         s["kept"] += kept_per_expert(output, self.num_experts)
         s["entropy"] += entropy_sum(logits, probs)
+        s["top_prob"] += probs.amax(dim=-1).sum()
         self.pending_tokens += x.shape[0]  # host counts: no tensor op per forward; folded into the sums when read
 
     def record_losses(self, losses, training: bool) -> None:
@@ -163,7 +173,9 @@ class GPTRouterTelemetry:
         if not self.enabled:
             return {}
         return {
-            layer: self.local[layer].sums if layer in self.local else zero_sums(self.config.experts_in_layer(layer))
+            layer: self.local[layer].sums
+            if layer in self.local
+            else zero_sums(self.config.experts_in_layer(layer), top_prob=True)
             for layer in self.config.moe_layer_ids()
         }
 

@@ -120,13 +120,14 @@ class Trainer:
         pipeline stage's ranks share their data-parallel rank's data."""
         t, dp_size = self.recipe.train, self.resolved.dp_size
         seed_everything(t.seed + self.rank)
+        data_seed = t.seed if t.data_seed is None else t.data_seed
         sources = self.data.sources
         self.batches = BlockBatches(
             [s.train for s in sources],
             t.micro_batch_size,
             dp_rank,
             dp_size,
-            t.seed,
+            data_seed,
             weights=[s.weight for s in sources],
         )
         self.dp_rank, self.dp_size = dp_rank, dp_size

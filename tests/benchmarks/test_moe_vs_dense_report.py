@@ -14,6 +14,8 @@ from moe.scaling.sweep import expand, load_sweep
 from tests.helpers import REPO, explain, run
 
 STUDY, LR_GRID = "recipes/scaling/cpu_study.yaml", "recipes/scaling/cpu_study_lr.yaml"
+ABLATION_GRID = "recipes/scaling/cpu_study_ablations.yaml"
+ABLATIONS_RUN = ("dense", "routed_scaling_factor8", "seed1235-data_seed1234")
 # 2 steps of the real widths, one layer deep, on a stdlib slice (site_packages takes minutes to prepare on 2 cores)
 TWO_STEPS = (
     "model.n_layers=1",
@@ -42,15 +44,34 @@ def test_the_lr_grid_resolves_every_run(tmp_path):
     assert proc.stdout.count("launch/pretrain_moe.sh --num_gpus 1 ") == 7  # dense at three rates, MoE-8 at four
 
 
+def test_the_ablation_grid_resolves_every_run_at_the_lr_sweeps_length(tmp_path):
+    runs = {r.name: r for r in expand(load_sweep(REPO / ABLATION_GRID))}
+    assert len(runs) == 16 and all(r.gpus == 1 for r in runs.values())
+    lr_run = expand(load_sweep(REPO / LR_GRID))[0]
+    assert all("train.max_tokens=4000000" in r.overrides for r in runs.values())
+    assert "train.max_tokens=4000000" in lr_run.overrides  # the same length as its baselines
+    repeat = runs["cpu-study-ablation-seed1235-data_seed1234"].overrides
+    assert "train.seed=1235" in repeat and "train.data_seed=1234" in repeat
+    cmd = [sys.executable, "launch/sweep.py", ABLATION_GRID, "--dry-run", f"logging.runs_dir={tmp_path}"]
+    proc = run(cmd, timeout=120)  # every run resolves (routed_scaling_factor, data_seed) before any starts
+    assert proc.returncode == 0, explain(proc)
+    assert proc.stdout.count("launch/pretrain_moe.sh --num_gpus 1 ") == 16
+
+
 @pytest.fixture(scope="module")
 def study_runs(tmp_path_factory):
-    """Every run of the study grid, 2 steps each, two at a time; the folder of their folders."""
+    """Every run of the study grid, the LR sweep's MoE baseline and three ablations (the dense baseline and the new
+    keys: routed_scaling_factor, data_seed), 2 steps each, two at a time; the folder of their folders."""
     runs_dir = tmp_path_factory.mktemp("study")
-    proc = run(
-        [sys.executable, "launch/sweep.py", STUDY, "--parallel", "auto", *TWO_STEPS, f"logging.runs_dir={runs_dir}"],
-        timeout=900,
-    )
-    assert proc.returncode == 0, explain(proc)
+    grids = {
+        STUDY: [],
+        LR_GRID: ["--only", "cpu-study-lr-moe-lr0.001"],
+        ABLATION_GRID: [f"--only=cpu-study-ablation-{n}" for n in ABLATIONS_RUN],
+    }
+    for grid, only in grids.items():
+        cmd = [sys.executable, "launch/sweep.py", grid, "--parallel", "auto", *only, *TWO_STEPS]
+        proc = run([*cmd, f"logging.runs_dir={runs_dir}"], timeout=900)
+        assert proc.returncode == 0, explain(proc)
     return runs_dir
 
 
@@ -65,7 +86,13 @@ def test_the_grids_train_and_the_report_reads_them(study_runs, tmp_path):
     assert proc.returncode == 0, explain(proc)
     result = json.loads(out.read_text())
     rows = {r["name"]: r for r in result["study"]}
-    assert len(rows) == 9 and result["lr_sweep"] == []
+    assert len(rows) == 9 and [r["name"] for r in result["lr_sweep"]] == ["cpu-study-lr-moe-lr0.001"]
+    ablations = {r["name"]: r for r in result["ablations"]["rows"]}
+    assert result["ablations"]["baselines"] == {"dense": "cpu-study-ablation-dense", "moe": "cpu-study-lr-moe-lr0.001"}
+    assert ablations["cpu-study-ablation-routed_scaling_factor8"]["change"] == "routed_scaling_factor 8.0"
+    assert ablations["cpu-study-ablation-routed_scaling_factor8"]["paired_diff_vs_moe_se"] > 0
+    (noise,) = result["ablations"]["seed_noise"].values()  # the repeat with the baseline's data order
+    assert noise["of"] == "cpu-study-lr-moe-lr0.001" and noise["varies"] == "initialization"
     fields = {"kind", "matched", "num_experts", "top_k", "active_params", "total_params", "tokens", "final_val_loss"}
     assert all(fields | {"tokens_to_dense_final"} <= set(r) for r in rows.values())
     assert all(r["tokens"] == 4096 for r in rows.values())  # equal tokens: 2 steps of 16 x 128
@@ -77,7 +104,7 @@ def test_the_grids_train_and_the_report_reads_them(study_runs, tmp_path):
     )
     assert rows["cpu-study-dense-d_ff3072"]["total_params"] == pytest.approx(e8["total_params"], rel=0.01)
     assert dense["paired_diff_vs_dense"] == 0 and e8["paired_diff_se"] > 0  # block losses from the runs' last pass
-    assert "cpu-study-dense" in result["seed_noise"] and result["verdict"]["top1_experts"] == [4, 8, 16, 32]
+    assert "cpu-study-dense-seed1235" in result["seed_noise"] and result["verdict"]["top1_experts"] == [4, 8, 16, 32]
     assert {p.name for p in docs.glob("*.png")} == {f"moe_vs_dense_{f}.png" for f in ("curves", "experts", "load")}
     assert "| cpu-study-moe-e32 |" in (docs / "moe_vs_dense_results.md").read_text()
 
@@ -126,8 +153,9 @@ def test_rows_against_the_active_matched_dense_run():
     assert by["m"]["tokens_to_dense_final"] == pytest.approx(1500) and by["m"]["tokens_fraction_of_dense"] == 0.75
     assert by["m"]["paired_diff_vs_dense"] == pytest.approx(-0.5) and by["m"]["paired_diff_se"] < 1e-9
     assert by["d"]["train_val_gap"] == pytest.approx(0.1)
-    assert noise["d"]["repeat"] == "d-seed" and noise["d"]["abs_diff"] == pytest.approx(0.01)
-    assert noise["d"]["paired_se"] == pytest.approx(0.01 / 20, rel=0.2)  # std 0.01 over 400 blocks
+    assert noise["d-seed"]["of"] == "d" and noise["d-seed"]["abs_diff"] == pytest.approx(0.01)
+    assert noise["d-seed"]["varies"] == "initialization and data order"  # one train.seed sets both
+    assert noise["d-seed"]["paired_se"] == pytest.approx(0.01 / 20, rel=0.2)  # std 0.01 over 400 blocks
     assert paired(runs[2], runs[0]) is None  # no block losses: no paired difference
     v = verdict(rows, noise)
     assert v["best_moe"] == "m" and v["best_tokens_fraction"] == 0.75 and v["best_gain"] == pytest.approx(0.5)
@@ -162,8 +190,14 @@ def test_the_report_sorts_summaries_into_their_grids(tmp_path):
     summaries = [
         summary("cpu-study-dense", "dense", 100.0, 4.0, blocks.tolist()),
         summary("cpu-study-moe-e8", "moe", 100.5, 3.8, (blocks - 0.2).tolist(), experts=8),
-        summary("cpu-study-ablation-aux0.1", "moe", 100.5, 4.1, (blocks + 0.1).tolist(), experts=8),
-        summary("cpu-study-lr-dense-lr0.001", "dense", 100.0, 4.2),
+        summary("cpu-study-lr-dense-lr0.001", "dense", 100.0, 4.2),  # predates per-block losses
+        summary("cpu-study-lr-moe-lr0.001", "moe", 100.5, 4.3, (blocks + 0.3).tolist(), experts=8),
+        summary("cpu-study-ablation-dense", "dense", 100.0, 4.2, (blocks + 0.2).tolist()),  # the same config
+        summary("cpu-study-ablation-aux0.1", "moe", 100.5, 4.1, (blocks + 0.1).tolist(), experts=8)
+        | {"aux_loss_coef": 0.1},
+        summary("cpu-study-ablation-e16", "moe", 100.6, 4.25, (blocks + 0.25).tolist(), experts=16),
+        summary("cpu-study-ablation-seed1235-data_seed1234", "moe", 100.5, 4.32, (blocks + 0.32).tolist(), experts=8)
+        | {"seed": 1235, "data_seed": 1234},
         summary("cpu-study-size-d64-dense", "dense", 25.0, 4.6),
         summary("cpu-study-size-d96-dense", "dense", 56.0, 4.3),
         summary("cpu-study-size-d64-moe", "moe", 25.1, 4.4, experts=8),
@@ -171,9 +205,21 @@ def test_the_report_sorts_summaries_into_their_grids(tmp_path):
     ]
     result = report(summaries, tmp_path / "r.json", tmp_path / "docs")
     assert [r["name"] for r in result["study"]] == ["cpu-study-dense", "cpu-study-moe-e8"]
-    assert [r["name"] for r in result["lr_sweep"]] == ["cpu-study-lr-dense-lr0.001"]
-    (ablation,) = result["ablations"]  # against the study's dense run
-    assert ablation["name"] == "cpu-study-ablation-aux0.1" and ablation["paired_diff_vs_dense"] == pytest.approx(0.1)
+    assert [r["name"] for r in result["lr_sweep"]] == ["cpu-study-lr-dense-lr0.001", "cpu-study-lr-moe-lr0.001"]
+    ablations = result["ablations"]  # against the grid's dense run and the LR sweep's MoE run
+    assert ablations["baselines"] == {"dense": "cpu-study-ablation-dense", "moe": "cpu-study-lr-moe-lr0.001"}
+    rows = {r["name"]: r for r in ablations["rows"]}
+    aux = rows["cpu-study-ablation-aux0.1"]
+    assert aux["change"] == "aux_loss_coef 0.1" and aux["paired_diff_vs_dense"] == pytest.approx(-0.1)
+    assert aux["paired_diff_vs_moe"] == pytest.approx(-0.2) and aux["tokens_to_dense_final"] is not None
+    assert ablations["top1_experts"] == [8, 16] and ablations["top1_falls_with_experts"]  # aux 0.1 is not plain
+    (noise,) = ablations["seed_noise"].values()
+    assert noise == {
+        "of": "cpu-study-lr-moe-lr0.001",
+        "varies": "initialization",
+        "abs_diff": pytest.approx(0.02),
+        "paired_se": pytest.approx(0, abs=1e-9),
+    }
     families = result["scaling_fit"]["families"]  # the study's pair is the middle size of each family
     assert {len(f["points"]) for f in families.values()} == {3} and "compute_multiplier" in families["MoE 8x top-1"]
     assert result["verdict"]["best_moe"] == "cpu-study-moe-e8" and not result["verdict"]["gain_over_twice_noise"]

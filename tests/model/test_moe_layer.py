@@ -18,10 +18,11 @@ from tests.helpers import REPO
 from tests.model.test_model import tiny_config
 
 
-@pytest.mark.parametrize("biased", [False, True], ids=["softmax", "bias"])
+@pytest.mark.parametrize("biased, scale", [(False, 1.0), (True, 1.0), (False, 4.0)], ids=["softmax", "bias", "scaled"])
 @pytest.mark.parametrize("k", [1, 2, 3])
-def test_dropless_layer_matches_the_loop_reference_forward_and_grads(k, biased):
+def test_dropless_layer_matches_the_loop_reference_forward_and_grads(k, biased, scale):
     config = tiny_config(
+        routed_scaling_factor=scale,
         num_experts_per_tok=k,
         drop_tokens=False,
         top2_2nd_expert_sampling=False,
@@ -123,6 +124,16 @@ def test_export_refuses_pyramids_and_bias_routing_with_the_reason():
         target_family(pyramid_config())
     with pytest.raises(ConfigError, match="bias_update_rate"):
         target_family(tiny_config(bias_update_rate=0.01))
+    with pytest.raises(ConfigError, match="routed_scaling_factor=8.0 scales the experts' output"):
+        target_family(tiny_config(routed_scaling_factor=8.0))
+
+
+def test_routed_scaling_factor_multiplies_the_layers_output():
+    base = build_model(tiny_config(), seed=3).layers[1].mlp.eval()
+    scaled = build_model(tiny_config(routed_scaling_factor=8.0), seed=3).layers[1].mlp.eval()
+    x = torch.randn(2, 8, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(scaled(x)[0], 8.0 * base(x)[0], rtol=1e-6, atol=1e-6)
 
 
 def resolve_tiny(*overrides: str):
@@ -141,9 +152,11 @@ def resolve_tiny(*overrides: str):
         (["moe.num_experts=[4,3]"], "moe.num_experts[1]=3 is not divisible by moe.ep_size=2"),
         (["moe.num_experts=[2,4]", "moe.top_k=3"], "moe.top_k=3 must be between 1 and moe.num_experts[0]=2"),
         (["moe.num_experts=[]"], "lists 0 expert counts"),
+        (["moe.use_residual=true", "moe.routed_scaling_factor=2"], "with moe.use_residual DeepSpeed mixes it"),
+        (["moe.routed_scaling_factor=0"], "moe.routed_scaling_factor"),
     ],
 )
-def test_bad_pyramids_are_one_line_errors(overrides, expected):
+def test_bad_pyramids_and_scaling_are_one_line_errors(overrides, expected):
     with pytest.raises(ConfigError) as err:
         resolve_tiny(*overrides)
     assert expected in str(err.value) and "\n" not in str(err.value)

@@ -34,6 +34,7 @@ def test_top1_collapsed_routing_counts_capacity_drops_and_load():
     assert stats["max_mean_load"] == pytest.approx(4.0)
     probs = torch.softmax(torch.tensor([0.0, 0.0, 10.0, 5.0]), dim=0)
     assert stats["router_entropy"] == pytest.approx(float(-(probs * probs.log()).sum()), rel=1e-5)
+    assert stats["top_prob"] == pytest.approx(float(probs.max()), rel=1e-5)  # top-1's combine weight
     assert stats["aux_loss"] > 0
 
 
@@ -49,6 +50,7 @@ def test_top2_counts_both_choices_and_uniform_router_has_max_entropy():
     layer(torch.zeros(1, 8, 32))  # all-zero logits: uniform router
     stats = summarize(layer.router_stats.sums)
     assert stats["router_entropy"] == pytest.approx(math.log(4)) and stats["router_entropy_norm"] == pytest.approx(1)
+    assert stats["top_prob"] == pytest.approx(1 / 4)
 
 
 def test_eval_and_disabled_stats_record_nothing():

@@ -42,6 +42,11 @@ def target_family(config) -> str:
             "aux-loss-free balancing (moe.bias_update_rate) routes by softmax + a per-expert bias; no "
             "stock transformers class selects experts that way, so it cannot be exported"
         )
+    if getattr(config, "routed_scaling_factor", 1.0) != 1.0:
+        raise ConfigError(
+            f"moe.routed_scaling_factor={config.routed_scaling_factor} scales the experts' output; Mixtral and "
+            f"Qwen2-MoE have no such factor, so it cannot be exported"
+        )
     if config.moe_interval == 1 and config.num_experts_per_tok >= 2:
         return "mixtral"
     return "qwen2_moe"
