@@ -184,9 +184,10 @@ def seed_noise(runs: list[dict]) -> dict:
         for b in group[1:]:
             diff = paired(b, a)
             same_order = b.get("data_seed", b["seed"]) == a.get("data_seed", a["seed"])
+            varies = "initialization" if same_order else "data order"
             out[b["name"]] = {
                 "of": a["name"],
-                "varies": "initialization" if same_order else "initialization and data order",
+                "varies": varies if same_order or b["seed"] == a["seed"] else "initialization and data order",
                 "abs_diff": abs(b["val"][-1][1] - a["val"][-1][1]),
                 "paired_se": diff[1] if diff else None,
             }

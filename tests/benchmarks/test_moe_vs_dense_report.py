@@ -46,7 +46,7 @@ def test_the_lr_grid_resolves_every_run(tmp_path):
 
 def test_the_ablation_grid_resolves_every_run_at_the_lr_sweeps_length(tmp_path):
     runs = {r.name: r for r in expand(load_sweep(REPO / ABLATION_GRID))}
-    assert len(runs) == 16 and all(r.gpus == 1 for r in runs.values())
+    assert len(runs) == 18 and all(r.gpus == 1 for r in runs.values())
     lr_run = expand(load_sweep(REPO / LR_GRID))[0]
     assert all("train.max_tokens=4000000" in r.overrides for r in runs.values())
     assert "train.max_tokens=4000000" in lr_run.overrides  # the same length as its baselines
@@ -55,7 +55,7 @@ def test_the_ablation_grid_resolves_every_run_at_the_lr_sweeps_length(tmp_path):
     cmd = [sys.executable, "launch/sweep.py", ABLATION_GRID, "--dry-run", f"logging.runs_dir={tmp_path}"]
     proc = run(cmd, timeout=120)  # every run resolves (routed_scaling_factor, data_seed) before any starts
     assert proc.returncode == 0, explain(proc)
-    assert proc.stdout.count("launch/pretrain_moe.sh --num_gpus 1 ") == 16
+    assert proc.stdout.count("launch/pretrain_moe.sh --num_gpus 1 ") == 18
 
 
 @pytest.fixture(scope="module")
@@ -198,6 +198,8 @@ def test_the_report_sorts_summaries_into_their_grids(tmp_path):
         summary("cpu-study-ablation-e16", "moe", 100.6, 4.25, (blocks + 0.25).tolist(), experts=16),
         summary("cpu-study-ablation-seed1235-data_seed1234", "moe", 100.5, 4.32, (blocks + 0.32).tolist(), experts=8)
         | {"seed": 1235, "data_seed": 1234},
+        summary("cpu-study-ablation-data_seed1235", "moe", 100.5, 4.35, (blocks + 0.35).tolist(), experts=8)
+        | {"data_seed": 1235},
         summary("cpu-study-size-d64-dense", "dense", 25.0, 4.6),
         summary("cpu-study-size-d96-dense", "dense", 56.0, 4.3),
         summary("cpu-study-size-d64-moe", "moe", 25.1, 4.4, experts=8),
@@ -213,8 +215,9 @@ def test_the_report_sorts_summaries_into_their_grids(tmp_path):
     assert aux["change"] == "aux_loss_coef 0.1" and aux["paired_diff_vs_dense"] == pytest.approx(-0.1)
     assert aux["paired_diff_vs_moe"] == pytest.approx(-0.2) and aux["tokens_to_dense_final"] is not None
     assert ablations["top1_experts"] == [8, 16] and ablations["top1_falls_with_experts"]  # aux 0.1 is not plain
-    (noise,) = ablations["seed_noise"].values()
-    assert noise == {
+    noise = ablations["seed_noise"]
+    assert noise["cpu-study-ablation-data_seed1235"]["varies"] == "data order"
+    assert noise["cpu-study-ablation-seed1235-data_seed1234"] == {
         "of": "cpu-study-lr-moe-lr0.001",
         "varies": "initialization",
         "abs_diff": pytest.approx(0.02),
