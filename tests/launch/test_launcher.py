@@ -73,6 +73,7 @@ def test_bash_launcher_trains_tiny_recipe_on_two_ranks(bash_run):
             "dropped_frac",
             "router_entropy",
             "router_entropy_norm",
+            "top_prob",
             "aux_loss",
             "z_loss",
             "seq_aux_loss",
