@@ -183,7 +183,7 @@ def seed_noise(runs: list[dict]) -> dict:
         a = group[0]
         for b in group[1:]:
             diff = paired(b, a)
-            same_order = b.get("data_seed", b["seed"]) == a.get("data_seed", a["seed"])
+            same_order = seeds(b)[1] == seeds(a)[1]
             varies = "initialization" if same_order else "data order"
             out[b["name"]] = {
                 "of": a["name"],
@@ -192,6 +192,11 @@ def seed_noise(runs: list[dict]) -> dict:
                 "paired_se": diff[1] if diff else None,
             }
     return out
+
+
+def seeds(r: dict) -> tuple[int, int]:
+    """The initialization's seed and the data order's (train.data_seed, the seed where unset)."""
+    return r["seed"], r.get("data_seed", r["seed"])
 
 
 def config_key(r: dict) -> tuple:
@@ -308,19 +313,21 @@ def lr_rows(runs: list[dict]) -> list[dict]:
 
 
 def ablation_rows(ablations: list[dict], lr_runs: list[dict]) -> dict:
-    """The ablations run at the LR sweep's length, each against two baselines: MoE-8 top-1 (the LR sweep's best
-    MoE run: what the change does to MoE) and dense (the grid's own active-matched dense run at that seed, else
-    the LR sweep's best; the LR sweep's dense runs predate per-block losses): tokens to its final loss and a second
-    paired difference. Also the seed noise at that length, and top-1's final loss against the expert count."""
+    """The ablations run at the LR sweep's length, each against two baselines: MoE-8 top-1 (what the change does to
+    MoE) and active-matched dense, both at the recipe's seed and data order. Each is the grid's own run where it has
+    one (so the whole table ran on one machine: bf16 kernels differ between CPUs), else the LR sweep's best run of
+    the family. Per run: tokens to dense's final loss and a paired difference against each baseline. Also the seed
+    noise at that length, and top-1's final loss against the expert count."""
     best = {
         kind: min((r for r in lr_runs if r["kind"] == kind), key=lambda r: r["val"][-1][1], default=None)
         for kind in ("dense", "moe")
     }
-    moe = best["moe"]
-    if not ablations or moe is None:
+    if not ablations or best["moe"] is None:
         return {"rows": []}
-    own = (r for r in ablations if r["kind"] == "dense" and r["d_ff"] == moe["d_ff"] and r["seed"] == moe["seed"])
-    dense = next(own, best["dense"])
+    rerun = (r for r in ablations if config_key(r) == config_key(best["moe"]) and seeds(r) == seeds(best["moe"]))
+    moe = next(rerun, best["moe"])
+    dense = (r for r in ablations if r["kind"] == "dense" and r["d_ff"] == moe["d_ff"] and seeds(r) == seeds(moe))
+    dense = next(dense, best["dense"])
     if dense is None:
         return {"rows": []}
     by_name = {r["name"]: r for r in [dense, moe, *ablations]}

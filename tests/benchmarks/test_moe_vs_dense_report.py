@@ -9,7 +9,16 @@ import sys
 import numpy as np
 import pytest
 
-from benchmarks.moe_vs_dense import lr_rows, paired, report, scaling_fit, study_rows, tokens_to_reach, verdict
+from benchmarks.moe_vs_dense import (
+    ablation_rows,
+    lr_rows,
+    paired,
+    report,
+    scaling_fit,
+    study_rows,
+    tokens_to_reach,
+    verdict,
+)
 from moe.scaling.sweep import expand, load_sweep
 from tests.helpers import REPO, explain, run
 
@@ -46,7 +55,7 @@ def test_the_lr_grid_resolves_every_run(tmp_path):
 
 def test_the_ablation_grid_resolves_every_run_at_the_lr_sweeps_length(tmp_path):
     runs = {r.name: r for r in expand(load_sweep(REPO / ABLATION_GRID))}
-    assert len(runs) == 18 and all(r.gpus == 1 for r in runs.values())
+    assert len(runs) == 19 and all(r.gpus == 1 for r in runs.values())
     lr_run = expand(load_sweep(REPO / LR_GRID))[0]
     assert all("train.max_tokens=4000000" in r.overrides for r in runs.values())
     assert "train.max_tokens=4000000" in lr_run.overrides  # the same length as its baselines
@@ -55,7 +64,7 @@ def test_the_ablation_grid_resolves_every_run_at_the_lr_sweeps_length(tmp_path):
     cmd = [sys.executable, "launch/sweep.py", ABLATION_GRID, "--dry-run", f"logging.runs_dir={tmp_path}"]
     proc = run(cmd, timeout=120)  # every run resolves (routed_scaling_factor, data_seed) before any starts
     assert proc.returncode == 0, explain(proc)
-    assert proc.stdout.count("launch/pretrain_moe.sh --num_gpus 1 ") == 18
+    assert proc.stdout.count("launch/pretrain_moe.sh --num_gpus 1 ") == 19
 
 
 @pytest.fixture(scope="module")
@@ -138,6 +147,37 @@ def summary(name, kind, flops, final, blocks=None, seed=1234, experts=None):
     }
 
 
+def test_the_ablations_own_moe_baseline_replaces_the_lr_sweeps():
+    """A grid that reruns MoE-8 on its own machine compares every row with that run, and the LR sweep's run of the
+    same configuration is neither a row nor a seed repeat (it differs in the machine, not the seed)."""
+    blocks = np.linspace(3, 5, 64)
+    lr_runs = [
+        summary("cpu-study-lr-dense-lr0.001", "dense", 100.0, 4.2),
+        summary("cpu-study-lr-moe-lr0.001", "moe", 100.5, 4.3, (blocks + 0.3).tolist(), experts=8),
+    ]
+    ablations = [
+        summary("cpu-study-ablation-dense", "dense", 100.0, 4.2, (blocks + 0.2).tolist()),
+        summary("cpu-study-ablation-e8", "moe", 100.5, 4.31, (blocks + 0.31).tolist(), experts=8),
+        summary("cpu-study-ablation-e16", "moe", 100.6, 4.25, (blocks + 0.25).tolist(), experts=16),
+        summary("cpu-study-ablation-seed1235-data_seed1234", "moe", 100.5, 4.32, (blocks + 0.32).tolist(), experts=8)
+        | {"seed": 1235, "data_seed": 1234},
+    ]
+    result = ablation_rows(ablations, lr_runs)
+    assert result["baselines"] == {"dense": "cpu-study-ablation-dense", "moe": "cpu-study-ablation-e8"}
+    rows = {r["name"]: r for r in result["rows"]}
+    assert "cpu-study-lr-moe-lr0.001" not in rows and rows["cpu-study-ablation-e8"]["change"] == "baseline"
+    assert rows["cpu-study-ablation-e16"]["paired_diff_vs_moe"] == pytest.approx(-0.06)
+    assert result["top1_experts"] == [8, 16] and result["top1_final_losses"] == [4.31, 4.25]
+    assert result["seed_noise"] == {
+        "cpu-study-ablation-seed1235-data_seed1234": {
+            "of": "cpu-study-ablation-e8",
+            "varies": "initialization",
+            "abs_diff": pytest.approx(0.01),
+            "paired_se": pytest.approx(0, abs=1e-9),
+        }
+    }
+
+
 def test_rows_against_the_active_matched_dense_run():
     rng = np.random.default_rng(0)
     base = rng.uniform(3, 5, size=400)
@@ -192,6 +232,8 @@ def test_the_report_sorts_summaries_into_their_grids(tmp_path):
         summary("cpu-study-moe-e8", "moe", 100.5, 3.8, (blocks - 0.2).tolist(), experts=8),
         summary("cpu-study-lr-dense-lr0.001", "dense", 100.0, 4.2),  # predates per-block losses
         summary("cpu-study-lr-moe-lr0.001", "moe", 100.5, 4.3, (blocks + 0.3).tolist(), experts=8),
+        summary("cpu-study-ablation-data_seed1235-dense", "dense", 100.0, 4.26, (blocks + 0.26).tolist())
+        | {"data_seed": 1235},  # sorts first, and is not the baseline: another data order
         summary("cpu-study-ablation-dense", "dense", 100.0, 4.2, (blocks + 0.2).tolist()),  # the same config
         summary("cpu-study-ablation-aux0.1", "moe", 100.5, 4.1, (blocks + 0.1).tolist(), experts=8)
         | {"aux_loss_coef": 0.1},
@@ -223,6 +265,7 @@ def test_the_report_sorts_summaries_into_their_grids(tmp_path):
         "abs_diff": pytest.approx(0.02),
         "paired_se": pytest.approx(0, abs=1e-9),
     }
+    assert noise["cpu-study-ablation-data_seed1235-dense"]["of"] == "cpu-study-ablation-dense"
     families = result["scaling_fit"]["families"]  # the study's pair is the middle size of each family
     assert {len(f["points"]) for f in families.values()} == {3} and "compute_multiplier" in families["MoE 8x top-1"]
     assert result["verdict"]["best_moe"] == "cpu-study-moe-e8" and not result["verdict"]["gain_over_twice_noise"]
