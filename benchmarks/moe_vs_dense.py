@@ -23,6 +23,7 @@ far under either run's own (benchmarks/moe_vs_dense_plots.py draws the figures).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import itertools
 import json
 import statistics
@@ -86,6 +87,7 @@ def summarize(run_dir: Path) -> dict:
         "total_params": cost.total_params,
         "train_flops_per_token": cost.train_flops_per_token(),
         "max_steps": recipe["train"]["max_steps"],
+        "data": data_key(run_dir, recipe["data"]["seq_len"]),
         "val": [[r["tokens"], r["val_loss"], r.get("val_loss_se")] for r in val],
         "train_sample": [[r["tokens"], r["train_sample_loss"]] for r in val if "train_sample_loss" in r],
         "final_block_losses": np.round(np.load(final), 5).tolist() if final.is_file() else None,
@@ -112,9 +114,22 @@ def tokens_to_reach(curve: list[list[float]], target: float) -> float | None:
     return None
 
 
+def data_key(run_dir: Path, seq_len: int) -> str | None:
+    """A hash of what makes the validation blocks: the tokenizer, each source's corpus fingerprint and split, and the
+    block length (runs/<run>/data.json). site_packages holds whatever the environment installed, so two machines can
+    score different blocks under one recipe; such runs do not pair."""
+    path = run_dir / "data.json"
+    if not path.is_file():
+        return None
+    data = json.loads(path.read_text())
+    what = [data.get("tokenizer"), [source.get("corpus") for source in data.get("sources", [])], seq_len]
+    return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def paired(a: dict, b: dict) -> tuple[float, float] | None:
-    """Mean and standard error of a's final block losses minus b's (the same blocks), or None."""
-    if a["final_block_losses"] is None or b["final_block_losses"] is None:
+    """Mean and standard error of a's final block losses minus b's (the same blocks), or None: either has no block
+    losses, or they scored other data (summaries written before `data` existed share theirs)."""
+    if a["final_block_losses"] is None or b["final_block_losses"] is None or a.get("data") != b.get("data"):
         return None
     diff = np.asarray(a["final_block_losses"], dtype=float) - np.asarray(b["final_block_losses"], dtype=float)
     return float(diff.mean()), float(diff.std(ddof=1) / np.sqrt(len(diff)))

@@ -94,6 +94,8 @@ def test_the_grids_train_and_the_report_reads_them(study_runs, tmp_path):
     )
     assert proc.returncode == 0, explain(proc)
     result = json.loads(out.read_text())
+    keys = {json.loads(p.read_text())["data"] for p in summaries.glob("*.json")}
+    assert len(keys) == 1 and len(keys.pop()) == 16  # every run scored one data set (its data.json)
     rows = {r["name"]: r for r in result["study"]}
     assert len(rows) == 9 and [r["name"] for r in result["lr_sweep"]] == ["cpu-study-lr-moe-lr0.001"]
     ablations = {r["name"]: r for r in result["ablations"]["rows"]}
@@ -145,6 +147,14 @@ def summary(name, kind, flops, final, blocks=None, seed=1234, experts=None):
         "d_ff": 8,
         "expert_load": {},
     }
+
+
+def test_runs_on_other_data_do_not_pair():
+    blocks = np.linspace(3, 5, 64).tolist()
+    a, b = summary("a", "dense", 100.0, 4.0, blocks), summary("b", "moe", 100.5, 4.0, blocks, experts=8)
+    assert paired(a, b) == (0, 0)
+    assert paired(a | {"data": "0123456789abcdef"}, b | {"data": "fedcba9876543210"}) is None  # another corpus
+    assert paired(a | {"data": "0123456789abcdef"}, b) is None  # a summary from before the key, on unknown data
 
 
 def test_the_ablations_own_moe_baseline_replaces_the_lr_sweeps():
