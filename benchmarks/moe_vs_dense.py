@@ -221,12 +221,12 @@ def config_key(r: dict) -> tuple:
 
 def changes(r: dict, base: dict) -> str:
     """What `r` changes against the MoE baseline `base`, as `key value` pairs ('baseline' for none)."""
-    if r["kind"] == "dense":
-        return f"dense, d_ff {r['d_ff']}" + (f", seed {r['seed']}" if r["seed"] != base["seed"] else "")
-    keys = ("num_experts", "top_k", "expert_d_ff", "moe_interval", *ROUTING_DEFAULTS, "seed", "data_seed")
-    diff = [
+    keys = ("num_experts", "top_k", "expert_d_ff", "moe_interval", *ROUTING_DEFAULTS) if r["kind"] == "moe" else ()
+    diff = [f"dense, d_ff {r['d_ff']}"] if r["kind"] == "dense" else []
+    diff += [
         f"{k} {r.get(k)}" for k in keys if r.get(k, ROUTING_DEFAULTS.get(k)) != base.get(k, ROUTING_DEFAULTS.get(k))
     ]
+    diff += [f"{k} {mine}" for k, mine, theirs in zip(("seed", "data_seed"), seeds(r), seeds(base)) if mine != theirs]
     return ", ".join(diff) or "baseline"
 
 

@@ -276,6 +276,7 @@ def test_the_report_sorts_summaries_into_their_grids(tmp_path):
         "paired_se": pytest.approx(0, abs=1e-9),
     }
     assert noise["cpu-study-ablation-data_seed1235-dense"]["of"] == "cpu-study-ablation-dense"
+    assert rows["cpu-study-ablation-data_seed1235-dense"]["change"] == "dense, d_ff 8, data_seed 1235"
     families = result["scaling_fit"]["families"]  # the study's pair is the middle size of each family
     assert {len(f["points"]) for f in families.values()} == {3} and "compute_multiplier" in families["MoE 8x top-1"]
     assert result["verdict"]["best_moe"] == "cpu-study-moe-e8" and not result["verdict"]["gain_over_twice_noise"]
