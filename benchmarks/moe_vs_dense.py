@@ -98,12 +98,25 @@ def summarize(run_dir: Path) -> dict:
             for layer, (_, load) in loads.items()
         },
         "dropped_frac": [[train[i]["tokens"], _mean_dropped(train[i])] for i in keep] if config.moe_enabled else [],
+        "router": _router_at_end(train) if config.moe_enabled else None,
     }
 
 
 def _mean_dropped(record: dict) -> float:
     drops = [v for k, v in record.items() if k.endswith("/dropped_frac")]
     return round(sum(drops) / len(drops), 5) if drops else 0.0
+
+
+def _router_at_end(train: list[dict]) -> dict:
+    """How sharp the router is over the last 5% of logged steps, averaged over MoE layers: its entropy / log E and
+    the mean probability of the chosen expert (top-1's combine weight)."""
+    tail = train[-max(1, len(train) // 20) :]
+
+    def mean(stat: str) -> float | None:
+        values = [v for r in tail for k, v in r.items() if k.startswith("router/layer") and k.endswith("/" + stat)]
+        return round(float(np.mean(values)), 4) if values else None
+
+    return {"entropy_norm": mean("router_entropy_norm"), "top_prob": mean("top_prob")}
 
 
 def tokens_to_reach(curve: list[list[float]], target: float) -> float | None:
@@ -352,6 +365,7 @@ def ablation_rows(ablations: list[dict], lr_runs: list[dict]) -> dict:
         row["change"] = changes(run, moe)
         diff = paired(run, moe)
         row["paired_diff_vs_moe"], row["paired_diff_vs_moe_se"] = diff if diff else (None, None)
+        row["router"] = run.get("router")
     top1 = sorted(
         (r for r in rows if r["kind"] == "moe" and r["change"] in ("baseline", f"num_experts {r['num_experts']}")),
         key=lambda r: r["num_experts"],

@@ -221,10 +221,12 @@ def _ablation_section(ab: dict) -> list[str]:
         "## Ablations of MoE-8 top-1",
         "",
         f"At the LR sweep's length; baselines: dense {ab['baselines']['dense']}, MoE {ab['baselines']['moe']}. "
-        "Paired differences are over the same validation blocks (negative: lower loss than the baseline).",
+        "Paired differences are over the same validation blocks (negative: lower loss than the baseline). Router: "
+        "its entropy / log E and the chosen expert's mean probability, over the last 5% of steps and the layers.",
         "",
-        "| run | change | final val loss | vs dense | vs MoE-8 | tokens to dense final | train/val gap | tokens/s |",
-        "|---|---|---|---|---|---|---|---|",
+        "| run | change | final val loss | vs dense | vs MoE-8 | tokens to dense final | train/val gap "
+        "| router entropy / top p | tokens/s |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
 
     def diff(mean, se):
@@ -238,9 +240,11 @@ def _ablation_section(ab: dict) -> list[str]:
         tps = f"{r['tokens_per_s']:,.0f}" if r["tokens_per_s"] else "-"
         vs_dense = diff(r["paired_diff_vs_dense"], r["paired_diff_se"])
         vs_moe = diff(r["paired_diff_vs_moe"], r["paired_diff_vs_moe_se"])
+        router = r.get("router") or {}
+        sharp = "-" if router.get("top_prob") is None else f"{router['entropy_norm']:.3f} / {router['top_prob']:.3f}"
         lines.append(
             f"| {r['name']} | {r['change']} | {r['final_val_loss']:.4f} | {vs_dense} | {vs_moe} | {reach} | {gap} | "
-            f"{tps} |"
+            f"{sharp} | {tps} |"
         )
     losses = ", ".join(f"{loss:.4f}" for loss in ab["top1_final_losses"])
     falls = "yes" if ab["top1_falls_with_experts"] else "no"

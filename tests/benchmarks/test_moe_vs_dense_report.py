@@ -102,6 +102,9 @@ def test_the_grids_train_and_the_report_reads_them(study_runs, tmp_path):
     assert result["ablations"]["baselines"] == {"dense": "cpu-study-ablation-dense", "moe": "cpu-study-lr-moe-lr0.001"}
     assert ablations["cpu-study-ablation-routed_scaling_factor8"]["change"] == "routed_scaling_factor 8.0"
     assert ablations["cpu-study-ablation-routed_scaling_factor8"]["paired_diff_vs_moe_se"] > 0
+    router = ablations["cpu-study-ablation-routed_scaling_factor8"]["router"]  # from the step metrics
+    assert 0 < router["entropy_norm"] <= 1 and 0 < router["top_prob"] <= 1
+    assert ablations["cpu-study-ablation-dense"]["router"] is None
     (noise,) = result["ablations"]["seed_noise"].values()  # the repeat with the baseline's data order
     assert noise["of"] == "cpu-study-lr-moe-lr0.001" and noise["varies"] == "initialization"
     fields = {"kind", "matched", "num_experts", "top_k", "active_params", "total_params", "tokens", "final_val_loss"}
