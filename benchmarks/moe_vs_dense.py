@@ -344,8 +344,8 @@ def ablation_rows(ablations: list[dict], lr_runs: list[dict]) -> dict:
     """The ablations run at the LR sweep's length, each against two baselines: MoE-8 top-1 (what the change does to
     MoE) and active-matched dense, both at the recipe's seed and data order. Each is the grid's own run where it has
     one (so the whole table ran in one environment: site_packages, and so the blocks, differ between them), else
-    the LR sweep's best run of the family. Per run: tokens to dense's final loss and a paired difference against each baseline. Also the seed
-    noise at that length, and top-1's final loss against the expert count."""
+    the LR sweep's best run of the family. Per run: tokens to dense's final loss and a paired difference against
+    each baseline. Also the seed noise at that length, and top-1's final loss against the expert count."""
     best = {
         kind: min((r for r in lr_runs if r["kind"] == kind), key=lambda r: r["val"][-1][1], default=None)
         for kind in ("dense", "moe")
