@@ -23,7 +23,6 @@ far under either run's own (benchmarks/moe_vs_dense_plots.py draws the figures).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import itertools
 import json
 import statistics
@@ -87,7 +86,7 @@ def summarize(run_dir: Path) -> dict:
         "total_params": cost.total_params,
         "train_flops_per_token": cost.train_flops_per_token(),
         "max_steps": recipe["train"]["max_steps"],
-        "data": data_key(run_dir, recipe["data"]["seq_len"]),
+        "data": data_key(run_dir),
         "val": [[r["tokens"], r["val_loss"], r.get("val_loss_se")] for r in val],
         "train_sample": [[r["tokens"], r["train_sample_loss"]] for r in val if "train_sample_loss" in r],
         "final_block_losses": np.round(np.load(final), 5).tolist() if final.is_file() else None,
@@ -127,16 +126,15 @@ def tokens_to_reach(curve: list[list[float]], target: float) -> float | None:
     return None
 
 
-def data_key(run_dir: Path, seq_len: int) -> str | None:
-    """A hash of what makes the validation blocks: the tokenizer, each source's corpus fingerprint and split, and the
-    block length (runs/<run>/data.json). site_packages holds whatever the environment installed, so two machines can
-    score different blocks under one recipe; such runs do not pair."""
+def data_key(run_dir: Path) -> str | None:
+    """What makes the validation blocks: the name of each source's shard folder in runs/<run>/data.json, which is
+    moe.data.prepare's cache key of the corpus fingerprint and split, the tokenizer and the block length.
+    site_packages holds whatever the environment installed, so two machines can score different blocks under one
+    recipe; such runs do not pair."""
     path = run_dir / "data.json"
     if not path.is_file():
         return None
-    data = json.loads(path.read_text())
-    what = [data.get("tokenizer"), [source.get("corpus") for source in data.get("sources", [])], seq_len]
-    return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
+    return "+".join(Path(source["shards"]).name for source in json.loads(path.read_text())["sources"])
 
 
 def paired(a: dict, b: dict) -> tuple[float, float] | None:
