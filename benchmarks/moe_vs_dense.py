@@ -275,18 +275,25 @@ def _order(r: dict) -> tuple:
     return (r["kind"] == "moe", r.get("matched") or "", r["top_k"] or 0, r["num_experts"] or 0, r["seed"], r["lr"])
 
 
-def fit_members(study: list[dict]) -> list[dict]:
-    """The study runs that belong to the sizes grid's families: active-matched dense and full-width MoE-8 top-1, at
-    the reference's seed."""
-    if not study:
-        return []
-    label_matched(study)
-    ref = reference(study)
-    if ref is None:
-        return []
-    dense = [r for r in study if r["kind"] == "dense" and r["matched"] == "active"]
-    moe = [r for r in study if r["kind"] == "moe" and (r["num_experts"], r["top_k"]) == (8, 1)]
-    return [r for r in dense + moe if r["seed"] == ref["seed"] and r.get("expert_d_ff") in (None, r["d_ff"])]
+def fit_members(pools: list[list[dict]], sizes: list[dict]) -> list[dict]:
+    """The runs of the other grids that join the sizes grid's fit at a d_model it lacks (d_model 128): active-matched
+    dense and full-width MoE-8 top-1 that agree with a sizes run of their kind in all but the model's size (rate,
+    length, routing, seeds and data). The first pool that has one gives it."""
+    wanted, sized, members = {size_free_key(r) for r in sizes}, {r["d_model"] for r in sizes}, {}
+    for pool in filter(None, pools):
+        label_matched(pool)
+        for r in pool:
+            family = r["matched"] == "active" if r["kind"] == "dense" else r.get("expert_d_ff") in (None, r["d_ff"])
+            if family and r["d_model"] not in sized and size_free_key(r) in wanted:
+                members.setdefault((r["kind"], r["d_model"]), r)
+    return list(members.values())
+
+
+def size_free_key(r: dict) -> tuple:
+    """config_key without the model's size, with the seeds and the data: what the sizes grid's runs share."""
+    size = ("d_model", "d_ff", "expert_d_ff", "train_flops_per_token")
+    shared = tuple(r.get(k) for k in CONFIG_KEYS if k not in size)
+    return shared + tuple(r.get(k, v) for k, v in ROUTING_DEFAULTS.items()) + seeds(r) + (r.get("data"),)
 
 
 def scaling_fit(runs: list[dict]) -> dict:
@@ -294,25 +301,36 @@ def scaling_fit(runs: list[dict]) -> dict:
     multiplier at equal loss: C_dense(L) / C_moe(L) at the MoE points' median loss."""
     from moe.scaling.fit import fit_power_law
 
-    families: dict[str, list[tuple[float, float, str]]] = {}
+    families: dict[str, list[dict]] = {}
     for r in runs:
         family = "dense" if r["kind"] == "dense" else f"MoE {r['num_experts']}x top-{r['top_k']}"
         families.setdefault(family, []).append(
-            (r["train_flops_per_token"] * r["val"][-1][0], r["val"][-1][1], r["name"])
+            {
+                "run": r["name"],
+                **{k: r.get(k) for k in ("d_model", "active_params", "total_params")},
+                "tokens": r["val"][-1][0],
+                "compute": r["train_flops_per_token"] * r["val"][-1][0],
+                "loss": r["val"][-1][1],
+            }
         )
     out = {"families": {}}
     for family, points in sorted(families.items()):
-        entry = {"points": [{"run": n, "compute": c, "loss": loss} for c, loss, n in sorted(points)]}
+        entry = {"points": sorted(points, key=lambda p: p["compute"])}
         if len(points) >= 3:
-            law = fit_power_law([c for c, _, _ in points], [loss for _, loss, _ in points])
+            law = fit_power_law([p["compute"] for p in points], [p["loss"] for p in points])
             entry["fit"] = {"a": law.a, "b": law.b}
         out["families"][family] = entry
-    dense = out["families"].get("dense", {}).get("fit")
+    dense = out["families"].get("dense", {})
     for family, entry in out["families"].items():
-        if family != "dense" and dense and "fit" in entry:
+        if family != "dense" and "fit" in dense and "fit" in entry:
             loss = statistics.median(p["loss"] for p in entry["points"])
-            ratio = compute_at(dense, loss) / compute_at(entry["fit"], loss)
-            entry["compute_multiplier"] = {"at_loss": loss, "dense_over_moe": ratio}
+            ratio = compute_at(dense["fit"], loss) / compute_at(entry["fit"], loss)
+            dense_losses = [p["loss"] for p in dense["points"]]
+            entry["compute_multiplier"] = {
+                "at_loss": loss,
+                "dense_over_moe": ratio,
+                "within_dense_points": min(dense_losses) <= loss <= max(dense_losses),  # else extrapolated
+            }
     return out
 
 
@@ -390,8 +408,8 @@ def report(summaries: list[dict], json_path: Path, docs: Path) -> dict:
     lr_runs = [s for s in summaries if in_grid(s, LR_SWEEP)]
     result["ablations"] = ablation_rows([s for s in summaries if in_grid(s, ABLATIONS)], lr_runs)
     sizes = [s for s in summaries if in_grid(s, SIZES)]
-    if sizes:
-        sizes += fit_members(study)  # the study's d_model 128 pair is the fit's middle size
+    pools = [[s for s in summaries if in_grid(s, grid)] for grid in (ABLATIONS, LR_SWEEP)] + [study]
+    sizes += fit_members(pools, sizes) if sizes else []  # the d_model 128 pair of the same length and data
     result["scaling_fit"] = scaling_fit(sizes) if sizes else None
     json_path.parent.mkdir(parents=True, exist_ok=True)
     json_path.write_text(json.dumps(result, indent=1) + "\n")

@@ -200,9 +200,22 @@ def write_markdown(result: dict, figures: dict[str, str], path: Path) -> None:
         for family, entry in fit["families"].items():
             law = entry.get("fit")
             mult = entry.get("compute_multiplier")
-            mult = f"{mult['dense_over_moe']:.2f}x at loss {mult['at_loss']:.3f}" if mult else "-"
+            where = "" if not mult or mult["within_dense_points"] else " (extrapolated)"
+            mult = f"{mult['dense_over_moe']:.2f}x at loss {mult['at_loss']:.3f}{where}" if mult else "-"
             ab = f"{law['a']:.3g} | {law['b']:.4f}" if law else "- | -"
             lines.append(f"| {family} | {len(entry['points'])} | {ab} | {mult} |")
+        lines += [
+            "",
+            "| family | run | d_model | active params | total params | tokens | training FLOPs | final val loss |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for family, entry in fit["families"].items():
+            for p in entry["points"]:
+                params = " | ".join(f"{p[k]:,}" if p.get(k) else "-" for k in ("active_params", "total_params"))
+                lines.append(
+                    f"| {family} | {p['run']} | {p.get('d_model') or '-'} | {params} | {p['tokens']:,} "
+                    f"| {p['compute']:.3g} | {p['loss']:.4f} |"
+                )
     lines += [""] + [f"![{role}]({name})" for role, name in figures.items()]
     path.write_text("\n".join(lines) + "\n")
 

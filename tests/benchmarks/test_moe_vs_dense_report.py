@@ -24,6 +24,7 @@ from tests.helpers import REPO, explain, run
 
 STUDY, LR_GRID = "recipes/scaling/cpu_study.yaml", "recipes/scaling/cpu_study_lr.yaml"
 ABLATION_GRID = "recipes/scaling/cpu_study_ablations.yaml"
+SIZES_GRID = "recipes/scaling/cpu_study_sizes.yaml"
 ABLATIONS_RUN = ("dense", "routed_scaling_factor8", "seed1235-data_seed1234")
 # 2 steps of the real widths, one layer deep, on a stdlib slice (site_packages takes minutes to prepare on 2 cores)
 TWO_STEPS = (
@@ -65,6 +66,20 @@ def test_the_ablation_grid_resolves_every_run_at_the_lr_sweeps_length(tmp_path):
     proc = run(cmd, timeout=120)  # every run resolves (routed_scaling_factor, data_seed) before any starts
     assert proc.returncode == 0, explain(proc)
     assert proc.stdout.count("launch/pretrain_moe.sh --num_gpus 1 ") == 19
+
+
+def test_the_sizes_grid_differs_from_the_ablations_baselines_in_the_models_size_alone():
+    sizes = {r.name: r for r in expand(load_sweep(REPO / SIZES_GRID))}
+    ablations = {r.name: r for r in expand(load_sweep(REPO / ABLATION_GRID))}
+    assert len(sizes) == 6 and all(r.gpus == 1 and r.recipe == "recipes/study.yaml" for r in sizes.values())
+
+    def settings(run):  # what a run sets beyond the recipe, less its size, its name and the defaults it restates
+        own = ("model.d_model=", "model.n_heads=", "logging.run_name=", "logging.wandb_group=")
+        return {o for o in run.overrides if not o.startswith(own)} - {"moe.enabled=true", "moe.num_experts=8"}
+
+    for d_model in (64, 96, 192):  # the fit's d_model 128 point is the ablation grid's pair
+        assert settings(sizes[f"cpu-study-size-d{d_model}-dense"]) == settings(ablations["cpu-study-ablation-dense"])
+        assert settings(sizes[f"cpu-study-size-d{d_model}-moe"]) == settings(ablations["cpu-study-ablation-e8"])
 
 
 @pytest.fixture(scope="module")
@@ -130,9 +145,10 @@ def test_tokens_to_reach_interpolates_between_passes():
     assert tokens_to_reach(curve, 2.0) is None
 
 
-def summary(name, kind, flops, final, blocks=None, seed=1234, experts=None):
+def summary(name, kind, flops, final, blocks=None, seed=1234, experts=None, d_model=128):
     return {
         "name": name,
+        "d_model": d_model,
         "kind": kind,
         "num_experts": experts,
         "top_k": 1 if kind == "moe" else None,
@@ -236,13 +252,17 @@ def test_scaling_fit_recovers_a_known_power_law_and_the_multiplier():
     dense, moe = fit["families"]["dense"], fit["families"]["MoE 8x top-1"]
     assert dense["fit"]["b"] == pytest.approx(0.1) and dense["fit"]["a"] == pytest.approx(50.0)
     assert moe["compute_multiplier"]["dense_over_moe"] == pytest.approx((50 / 40) ** 10)  # (a_d / a_m)^(1/b)
+    assert not moe["compute_multiplier"]["within_dense_points"]  # MoE's median loss 0.8x dense's: below its lowest
+    assert [p["run"] for p in dense["points"]] == ["dense0", "dense1", "dense2"]  # by compute
+    assert dense["points"][0]["d_model"] == 128 and dense["points"][0]["tokens"] == 2000
 
 
 def test_the_report_sorts_summaries_into_their_grids(tmp_path):
+    LONGER = {"max_steps": 10_000}  # the study's length, not the other grids'
     blocks = np.linspace(3, 5, 64)
     summaries = [
-        summary("cpu-study-dense", "dense", 100.0, 4.0, blocks.tolist()),
-        summary("cpu-study-moe-e8", "moe", 100.5, 3.8, (blocks - 0.2).tolist(), experts=8),
+        summary("cpu-study-dense", "dense", 100.0, 4.0, blocks.tolist()) | LONGER,
+        summary("cpu-study-moe-e8", "moe", 100.5, 3.8, (blocks - 0.2).tolist(), experts=8) | LONGER,
         summary("cpu-study-lr-dense-lr0.001", "dense", 100.0, 4.2),  # predates per-block losses
         summary("cpu-study-lr-moe-lr0.001", "moe", 100.5, 4.3, (blocks + 0.3).tolist(), experts=8),
         summary("cpu-study-ablation-data_seed1235-dense", "dense", 100.0, 4.26, (blocks + 0.26).tolist())
@@ -255,10 +275,10 @@ def test_the_report_sorts_summaries_into_their_grids(tmp_path):
         | {"seed": 1235, "data_seed": 1234},
         summary("cpu-study-ablation-data_seed1235", "moe", 100.5, 4.35, (blocks + 0.35).tolist(), experts=8)
         | {"data_seed": 1235},
-        summary("cpu-study-size-d64-dense", "dense", 25.0, 4.6),
-        summary("cpu-study-size-d96-dense", "dense", 56.0, 4.3),
-        summary("cpu-study-size-d64-moe", "moe", 25.1, 4.4, experts=8),
-        summary("cpu-study-size-d96-moe", "moe", 56.1, 4.1, experts=8),
+        summary("cpu-study-size-d64-dense", "dense", 25.0, 4.6, d_model=64),
+        summary("cpu-study-size-d96-dense", "dense", 56.0, 4.3, d_model=96),
+        summary("cpu-study-size-d64-moe", "moe", 25.1, 4.4, experts=8, d_model=64),
+        summary("cpu-study-size-d96-moe", "moe", 56.1, 4.1, experts=8, d_model=96),
     ]
     result = report(summaries, tmp_path / "r.json", tmp_path / "docs")
     assert [r["name"] for r in result["study"]] == ["cpu-study-dense", "cpu-study-moe-e8"]
@@ -280,8 +300,13 @@ def test_the_report_sorts_summaries_into_their_grids(tmp_path):
     }
     assert noise["cpu-study-ablation-data_seed1235-dense"]["of"] == "cpu-study-ablation-dense"
     assert rows["cpu-study-ablation-data_seed1235-dense"]["change"] == "dense, d_ff 8, data_seed 1235"
-    families = result["scaling_fit"]["families"]  # the study's pair is the middle size of each family
-    assert {len(f["points"]) for f in families.values()} == {3} and "compute_multiplier" in families["MoE 8x top-1"]
+    families = result["scaling_fit"]["families"]  # d_model 128: the grids' runs of the sizes grid's length
+    points = {family: [p["run"] for p in f["points"]] for family, f in families.items()}
+    assert points == {
+        "dense": ["cpu-study-size-d64-dense", "cpu-study-size-d96-dense", "cpu-study-ablation-dense"],
+        "MoE 8x top-1": ["cpu-study-size-d64-moe", "cpu-study-size-d96-moe", "cpu-study-lr-moe-lr0.001"],
+    }  # not the study's longer pair, nor another seed's, another routing's or the LR sweep's other rate
+    assert "compute_multiplier" in families["MoE 8x top-1"]
     assert result["verdict"]["best_moe"] == "cpu-study-moe-e8" and not result["verdict"]["gain_over_twice_noise"]
     page = (tmp_path / "docs" / "moe_vs_dense_results.md").read_text()
     assert "## Ablations of MoE-8 top-1" in page and "## Scaling fit" in page
