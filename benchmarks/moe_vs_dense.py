@@ -318,7 +318,8 @@ def scaling_fit(runs: list[dict]) -> dict:
         entry = {"points": sorted(points, key=lambda p: p["compute"])}
         if len(points) >= 3:
             law = fit_power_law([p["compute"] for p in points], [p["loss"] for p in points])
-            entry["fit"] = {"a": law.a, "b": law.b}
+            residual = max(abs(p["loss"] - law(p["compute"])) for p in points)
+            entry["fit"] = {"a": law.a, "b": law.b, "max_abs_residual": float(residual)}
         out["families"][family] = entry
     dense = out["families"].get("dense", {})
     for family, entry in out["families"].items():

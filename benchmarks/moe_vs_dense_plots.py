@@ -120,15 +120,19 @@ def _expert_load(runs: list[dict], png: Path) -> str:
 
 def _fit(fit: dict, png: Path) -> str:
     plt = pyplot()
+    from matplotlib.ticker import FormatStrFormatter
+
     fig, ax = plt.subplots(figsize=(6, 4.5))
     for family, entry in fit["families"].items():
         c = np.array([p["compute"] for p in entry["points"]])
-        ax.plot(c, [p["loss"] for p in entry["points"]], "o", label=family)
+        (dots,) = ax.plot(c, [p["loss"] for p in entry["points"]], "o", label=family)
         if "fit" in entry:
             grid = np.geomspace(c.min(), c.max(), 50)
-            ax.plot(grid, entry["fit"]["a"] * grid ** -entry["fit"]["b"], "-", linewidth=1)
+            ax.plot(grid, entry["fit"]["a"] * grid ** -entry["fit"]["b"], "-", linewidth=1, color=dots.get_color())
     ax.set_xscale("log")
     ax.set_yscale("log")
+    for axis in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter):
+        axis(FormatStrFormatter("%.2f"))
     ax.set_xlabel("training FLOPs")
     ax.set_ylabel("final validation loss")
     ax.set_title("Loss against compute, L = a C^-b per family")
@@ -194,15 +198,15 @@ def write_markdown(result: dict, figures: dict[str, str], path: Path) -> None:
             "",
             "## Scaling fit",
             "",
-            "| family | points | a | b | compute multiplier at equal loss |",
-            "|---|---|---|---|---|",
+            "| family | points | a | b | largest residual | compute multiplier at equal loss |",
+            "|---|---|---|---|---|---|",
         ]
         for family, entry in fit["families"].items():
             law = entry.get("fit")
             mult = entry.get("compute_multiplier")
             where = "" if not mult or mult["within_dense_points"] else " (extrapolated)"
             mult = f"{mult['dense_over_moe']:.2f}x at loss {mult['at_loss']:.3f}{where}" if mult else "-"
-            ab = f"{law['a']:.3g} | {law['b']:.4f}" if law else "- | -"
+            ab = f"{law['a']:.3g} | {law['b']:.4f} | {law['max_abs_residual']:.4f}" if law else "- | - | -"
             lines.append(f"| {family} | {len(entry['points'])} | {ab} | {mult} |")
         lines += [
             "",

@@ -251,6 +251,7 @@ def test_scaling_fit_recovers_a_known_power_law_and_the_multiplier():
     fit = scaling_fit(family("dense", 50.0, 0.1, [1e6, 4e6, 1.6e7]) + family("moe", 40.0, 0.1, [1e6, 4e6, 1.6e7], 8))
     dense, moe = fit["families"]["dense"], fit["families"]["MoE 8x top-1"]
     assert dense["fit"]["b"] == pytest.approx(0.1) and dense["fit"]["a"] == pytest.approx(50.0)
+    assert dense["fit"]["max_abs_residual"] == pytest.approx(0, abs=1e-6)  # the points lie on the law
     assert moe["compute_multiplier"]["dense_over_moe"] == pytest.approx((50 / 40) ** 10)  # (a_d / a_m)^(1/b)
     assert not moe["compute_multiplier"]["within_dense_points"]  # MoE's median loss 0.8x dense's: below its lowest
     assert [p["run"] for p in dense["points"]] == ["dense0", "dense1", "dense2"]  # by compute
