@@ -302,8 +302,11 @@ def scaling_fit(runs: list[dict]) -> dict:
     from moe.scaling.fit import fit_power_law
 
     families: dict[str, list[dict]] = {}
+    dense_of_size = {r["d_model"]: r for r in runs if r["kind"] == "dense"}
     for r in runs:
         family = "dense" if r["kind"] == "dense" else f"MoE {r['num_experts']}x top-{r['top_k']}"
+        same_size = dense_of_size.get(r["d_model"], r)
+        diff = paired(r, same_size) if same_size is not r else None
         families.setdefault(family, []).append(
             {
                 "run": r["name"],
@@ -311,6 +314,8 @@ def scaling_fit(runs: list[dict]) -> dict:
                 "tokens": r["val"][-1][0],
                 "compute": r["train_flops_per_token"] * r["val"][-1][0],
                 "loss": r["val"][-1][1],
+                "paired_diff_vs_dense_of_size": diff[0] if diff else None,  # the same blocks, the same d_model
+                "paired_diff_se": diff[1] if diff else None,
             }
         )
     out = {"families": {}}

@@ -210,15 +210,18 @@ def write_markdown(result: dict, figures: dict[str, str], path: Path) -> None:
             lines.append(f"| {family} | {len(entry['points'])} | {ab} | {mult} |")
         lines += [
             "",
-            "| family | run | d_model | active params | total params | tokens | training FLOPs | final val loss |",
-            "|---|---|---|---|---|---|---|---|",
+            "| family | run | d_model | active params | total params | tokens | training FLOPs | final val loss "
+            "| vs dense of its size |",
+            "|---|---|---|---|---|---|---|---|---|",
         ]
         for family, entry in fit["families"].items():
             for p in entry["points"]:
                 params = " | ".join(f"{p[k]:,}" if p.get(k) else "-" for k in ("active_params", "total_params"))
+                diff = p.get("paired_diff_vs_dense_of_size")
+                diff = "-" if diff is None else f"{diff:+.4f} ± {p['paired_diff_se']:.4f}"
                 lines.append(
                     f"| {family} | {p['run']} | {p.get('d_model') or '-'} | {params} | {p['tokens']:,} "
-                    f"| {p['compute']:.3g} | {p['loss']:.4f} |"
+                    f"| {p['compute']:.3g} | {p['loss']:.4f} | {diff} |"
                 )
     lines += [""] + [f"![{role}]({name})" for role, name in figures.items()]
     path.write_text("\n".join(lines) + "\n")

@@ -56,7 +56,7 @@ def test_the_lr_grid_resolves_every_run(tmp_path):
 
 def test_the_ablation_grid_resolves_every_run_at_the_lr_sweeps_length(tmp_path):
     runs = {r.name: r for r in expand(load_sweep(REPO / ABLATION_GRID))}
-    assert len(runs) == 19 and all(r.gpus == 1 for r in runs.values())
+    assert len(runs) == 20 and all(r.gpus == 1 for r in runs.values())
     lr_run = expand(load_sweep(REPO / LR_GRID))[0]
     assert all("train.max_tokens=4000000" in r.overrides for r in runs.values())
     assert "train.max_tokens=4000000" in lr_run.overrides  # the same length as its baselines
@@ -65,7 +65,7 @@ def test_the_ablation_grid_resolves_every_run_at_the_lr_sweeps_length(tmp_path):
     cmd = [sys.executable, "launch/sweep.py", ABLATION_GRID, "--dry-run", f"logging.runs_dir={tmp_path}"]
     proc = run(cmd, timeout=120)  # every run resolves (routed_scaling_factor, data_seed) before any starts
     assert proc.returncode == 0, explain(proc)
-    assert proc.stdout.count("launch/pretrain_moe.sh --num_gpus 1 ") == 19
+    assert proc.stdout.count("launch/pretrain_moe.sh --num_gpus 1 ") == 20
 
 
 def test_the_sizes_grid_differs_from_the_ablations_baselines_in_the_models_size_alone():
@@ -276,9 +276,9 @@ def test_the_report_sorts_summaries_into_their_grids(tmp_path):
         | {"seed": 1235, "data_seed": 1234},
         summary("cpu-study-ablation-data_seed1235", "moe", 100.5, 4.35, (blocks + 0.35).tolist(), experts=8)
         | {"data_seed": 1235},
-        summary("cpu-study-size-d64-dense", "dense", 25.0, 4.6, d_model=64),
+        summary("cpu-study-size-d64-dense", "dense", 25.0, 4.6, (blocks + 0.6).tolist(), d_model=64),
         summary("cpu-study-size-d96-dense", "dense", 56.0, 4.3, d_model=96),
-        summary("cpu-study-size-d64-moe", "moe", 25.1, 4.4, experts=8, d_model=64),
+        summary("cpu-study-size-d64-moe", "moe", 25.1, 4.4, (blocks + 0.4).tolist(), experts=8, d_model=64),
         summary("cpu-study-size-d96-moe", "moe", 56.1, 4.1, experts=8, d_model=96),
     ]
     result = report(summaries, tmp_path / "r.json", tmp_path / "docs")
@@ -308,6 +308,9 @@ def test_the_report_sorts_summaries_into_their_grids(tmp_path):
         "MoE 8x top-1": ["cpu-study-size-d64-moe", "cpu-study-size-d96-moe", "cpu-study-lr-moe-lr0.001"],
     }  # not the study's longer pair, nor another seed's, another routing's or the LR sweep's other rate
     assert "compute_multiplier" in families["MoE 8x top-1"]
+    d64_moe, d64_dense = families["MoE 8x top-1"]["points"][0], families["dense"]["points"][0]
+    assert d64_moe["paired_diff_vs_dense_of_size"] == pytest.approx(-0.2)  # against d64 dense, block by block
+    assert d64_dense["paired_diff_vs_dense_of_size"] is None
     assert result["verdict"]["best_moe"] == "cpu-study-moe-e8" and not result["verdict"]["gain_over_twice_noise"]
     page = (tmp_path / "docs" / "moe_vs_dense_results.md").read_text()
     assert "## Ablations of MoE-8 top-1" in page and "## Scaling fit" in page
