@@ -225,9 +225,10 @@ def seeds(r: dict) -> tuple[int, int]:
     return r["seed"], r.get("data_seed", r["seed"])
 
 
-def config_key(r: dict) -> tuple:
-    """Everything but the seeds: the architecture, the routing settings, the learning rate, the length."""
-    return tuple(r.get(k) for k in CONFIG_KEYS) + tuple(r.get(k, v) for k, v in ROUTING_DEFAULTS.items())
+def config_key(r: dict, leave_out: tuple[str, ...] = ()) -> tuple:
+    """Everything but the seeds (and `leave_out`): the architecture, the routing settings, the rate, the length."""
+    shared = tuple(r.get(k) for k in CONFIG_KEYS if k not in leave_out)
+    return shared + tuple(r.get(k, v) for k, v in ROUTING_DEFAULTS.items())
 
 
 def changes(r: dict, base: dict) -> str:
@@ -292,8 +293,7 @@ def fit_members(pools: list[list[dict]], sizes: list[dict]) -> list[dict]:
 def size_free_key(r: dict) -> tuple:
     """config_key without the model's size, with the seeds and the data: what the sizes grid's runs share."""
     size = ("d_model", "d_ff", "expert_d_ff", "train_flops_per_token")
-    shared = tuple(r.get(k) for k in CONFIG_KEYS if k not in size)
-    return shared + tuple(r.get(k, v) for k, v in ROUTING_DEFAULTS.items()) + seeds(r) + (r.get("data"),)
+    return config_key(r, leave_out=size) + seeds(r) + (r.get("data"),)
 
 
 def scaling_fit(runs: list[dict]) -> dict:
