@@ -174,6 +174,18 @@ def reference(runs: list[dict], seed: int | None = None) -> dict | None:
     return next((r for r in dense if r["seed"] == seed), dense[0])
 
 
+def on_reference_data(runs: list[dict]) -> tuple[list[dict], list[str]]:
+    """The runs scored on the reference dense run's data, and the names of the others. A grid that ran partly in
+    another environment (whose site_packages, and so whose validation blocks, differ) reports the part that pairs
+    with its reference and names the rest, rather than comparing losses of other blocks."""
+    label_matched(runs)
+    ref = reference(runs)
+    if ref is None:
+        return runs, []
+    same = [r for r in runs if r.get("data") == ref.get("data")]
+    return same, sorted(r["name"] for r in runs if r.get("data") != ref.get("data"))
+
+
 def study_rows(runs: list[dict]) -> tuple[list[dict], dict]:
     """One row per run against the reference, and the seed-to-seed noise where a seed repeat exists."""
     label_matched(runs)
@@ -406,8 +418,9 @@ def ablation_rows(ablations: list[dict], lr_runs: list[dict]) -> dict:
 def report(summaries: list[dict], json_path: Path, docs: Path) -> dict:
     from benchmarks.moe_vs_dense_plots import write_figures, write_markdown
 
-    study = [s for s in summaries if in_grid(s, STUDY)]
-    result = {"study": [], "seed_noise": {}, "lr_sweep": lr_rows([s for s in summaries if in_grid(s, LR_SWEEP)])}
+    study, other_data = on_reference_data([s for s in summaries if in_grid(s, STUDY)])
+    result = {"study": [], "study_other_data": other_data, "seed_noise": {}}
+    result["lr_sweep"] = lr_rows([s for s in summaries if in_grid(s, LR_SWEEP)])
     if study:
         result["study"], result["seed_noise"] = study_rows(study)
         result["verdict"] = verdict(result["study"], result["seed_noise"])

@@ -175,6 +175,8 @@ def write_markdown(result: dict, figures: dict[str, str], path: Path) -> None:
         lines.append("")
     if result.get("study"):
         lines += ["## The study", "", *_run_table(result["study"]), ""]
+    if result.get("study_other_data"):  # another environment's runs: other validation blocks, so no pairing
+        lines += [f"Left out, scored on other data: {', '.join(result['study_other_data'])}.", ""]
     v = result.get("verdict")
     if v:
         frac = f"{v['best_tokens_fraction']:.2f}x" if v["best_tokens_fraction"] else "never"

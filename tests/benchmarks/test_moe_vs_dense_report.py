@@ -112,7 +112,8 @@ def test_the_grids_train_and_the_report_reads_them(study_runs, tmp_path):
     keys = {json.loads(p.read_text())["data"] for p in summaries.glob("*.json")}
     assert len(keys) == 1 and len(keys.pop()) == 16  # every run scored one data set (its data.json)
     rows = {r["name"]: r for r in result["study"]}
-    assert len(rows) == 9 and [r["name"] for r in result["lr_sweep"]] == ["cpu-study-lr-moe-lr0.001"]
+    assert len(rows) == 12 and not result["study_other_data"]
+    assert [r["name"] for r in result["lr_sweep"]] == ["cpu-study-lr-moe-lr0.001"]
     ablations = {r["name"]: r for r in result["ablations"]["rows"]}
     assert result["ablations"]["baselines"] == {"dense": "cpu-study-ablation-dense", "moe": "cpu-study-lr-moe-lr0.001"}
     assert ablations["cpu-study-ablation-routed_scaling_factor8"]["change"] == "routed_scaling_factor 8.0"
@@ -133,6 +134,8 @@ def test_the_grids_train_and_the_report_reads_them(study_runs, tmp_path):
     )
     assert rows["cpu-study-dense-d_ff3072"]["total_params"] == pytest.approx(e8["total_params"], rel=0.01)
     assert dense["paired_diff_vs_dense"] == 0 and e8["paired_diff_se"] > 0  # block losses from the runs' last pass
+    repeat = result["seed_noise"]["cpu-study-moe-e32-k4-expert_d_ff96-seed1235"]  # the best MoE's seed repeat
+    assert repeat["of"] == "cpu-study-moe-e32-k4-expert_d_ff96" and repeat["varies"] == "initialization and data order"
     assert "cpu-study-dense-seed1235" in result["seed_noise"] and result["verdict"]["top1_experts"] == [4, 8, 16, 32]
     assert {p.name for p in docs.glob("*.png")} == {f"moe_vs_dense_{f}.png" for f in ("curves", "experts", "load")}
     assert "| cpu-study-moe-e32 |" in (docs / "moe_vs_dense_results.md").read_text()
@@ -264,6 +267,9 @@ def test_the_report_sorts_summaries_into_their_grids(tmp_path):
     summaries = [
         summary("cpu-study-dense", "dense", 100.0, 4.0, blocks.tolist()) | LONGER,
         summary("cpu-study-moe-e8", "moe", 100.5, 3.8, (blocks - 0.2).tolist(), experts=8) | LONGER,
+        summary("cpu-study-moe-e16", "moe", 100.6, 3.7, (blocks - 0.3).tolist(), experts=16)
+        | LONGER
+        | {"data": "fedcba9876543210"},  # another environment's run: other blocks, no row against this dense
         summary("cpu-study-lr-dense-lr0.001", "dense", 100.0, 4.2),  # predates per-block losses
         summary("cpu-study-lr-moe-lr0.001", "moe", 100.5, 4.3, (blocks + 0.3).tolist(), experts=8),
         summary("cpu-study-ablation-data_seed1235-dense", "dense", 100.0, 4.26, (blocks + 0.26).tolist())
@@ -283,6 +289,7 @@ def test_the_report_sorts_summaries_into_their_grids(tmp_path):
     ]
     result = report(summaries, tmp_path / "r.json", tmp_path / "docs")
     assert [r["name"] for r in result["study"]] == ["cpu-study-dense", "cpu-study-moe-e8"]
+    assert result["study_other_data"] == ["cpu-study-moe-e16"] and result["verdict"]["top1_experts"] == [8]
     assert [r["name"] for r in result["lr_sweep"]] == ["cpu-study-lr-dense-lr0.001", "cpu-study-lr-moe-lr0.001"]
     ablations = result["ablations"]  # against the grid's dense run and the LR sweep's MoE run
     assert ablations["baselines"] == {"dense": "cpu-study-ablation-dense", "moe": "cpu-study-lr-moe-lr0.001"}
