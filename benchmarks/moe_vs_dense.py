@@ -198,6 +198,7 @@ def study_rows(runs: list[dict]) -> tuple[list[dict], dict]:
             {
                 **{k: r[k] for k in ("name", "kind", "matched", "num_experts", "top_k", "expert_d_ff", "lr", "seed")},
                 **{k: r[k] for k in ("active_params", "total_params", "train_flops_per_token")},
+                **{k: r.get(k, default) for k, default in ROUTING_DEFAULTS.items()},
                 "tokens": r["val"][-1][0],
                 "final_val_loss": r["val"][-1][1],
                 "final_val_loss_se": r["val"][-1][2],
@@ -263,9 +264,9 @@ def verdict(rows: list[dict], noise: dict) -> dict:
     best = min(reached, key=lambda r: r["tokens_fraction_of_dense"]) if reached else None
     seed = max((n["abs_diff"] for n in noise.values()), default=None)
     seed_of_reference = statistics.mode(r["seed"] for r in rows)
-    top1 = sorted(
-        (r for r in moe if r["top_k"] == 1 and r["seed"] == seed_of_reference), key=lambda r: r["num_experts"]
-    )
+    top1 = [r for r in moe if r["top_k"] == 1 and r["seed"] == seed_of_reference]
+    usual = statistics.mode(routing(r) for r in top1) if top1 else None  # the grid's routing, not a changed one
+    top1 = sorted((r for r in top1 if routing(r) == usual), key=lambda r: r["num_experts"])
     losses = [r["final_val_loss"] for r in top1]
     return {
         "best_moe": best["name"] if best else None,
@@ -282,6 +283,10 @@ def verdict(rows: list[dict], noise: dict) -> dict:
         "top1_final_losses": losses,
         "top1_falls_with_experts": len(losses) > 1 and all(b < a for a, b in itertools.pairwise(losses)),
     }
+
+
+def routing(r: dict) -> tuple:
+    return tuple(r.get(k, default) for k, default in ROUTING_DEFAULTS.items())
 
 
 def _order(r: dict) -> tuple:

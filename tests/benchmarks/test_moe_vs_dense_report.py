@@ -267,6 +267,9 @@ def test_the_report_sorts_summaries_into_their_grids(tmp_path):
     summaries = [
         summary("cpu-study-dense", "dense", 100.0, 4.0, blocks.tolist()) | LONGER,
         summary("cpu-study-moe-e8", "moe", 100.5, 3.8, (blocks - 0.2).tolist(), experts=8) | LONGER,
+        summary("cpu-study-moe-aux0.1", "moe", 100.5, 3.9, (blocks - 0.1).tolist(), experts=8)
+        | LONGER
+        | {"aux_loss_coef": 0.1},  # a changed routing: not a point of top-1 against the expert count
         summary("cpu-study-moe-e16", "moe", 100.6, 3.7, (blocks - 0.3).tolist(), experts=16)
         | LONGER
         | {"data": "fedcba9876543210"},  # another environment's run: other blocks, no row against this dense
@@ -288,7 +291,7 @@ def test_the_report_sorts_summaries_into_their_grids(tmp_path):
         summary("cpu-study-size-d96-moe", "moe", 56.1, 4.1, experts=8, d_model=96),
     ]
     result = report(summaries, tmp_path / "r.json", tmp_path / "docs")
-    assert [r["name"] for r in result["study"]] == ["cpu-study-dense", "cpu-study-moe-e8"]
+    assert {r["name"] for r in result["study"]} == {"cpu-study-dense", "cpu-study-moe-e8", "cpu-study-moe-aux0.1"}
     assert result["study_other_data"] == ["cpu-study-moe-e16"] and result["verdict"]["top1_experts"] == [8]
     assert [r["name"] for r in result["lr_sweep"]] == ["cpu-study-lr-dense-lr0.001", "cpu-study-lr-moe-lr0.001"]
     ablations = result["ablations"]  # against the grid's dense run and the LR sweep's MoE run
