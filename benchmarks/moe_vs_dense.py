@@ -137,6 +137,32 @@ def data_key(run_dir: Path) -> str | None:
     return "+".join(Path(source["shards"]).name for source in json.loads(path.read_text())["sources"])
 
 
+def paired_curve(run_dir: Path, reference_dir: Path) -> list[dict]:
+    """`run_dir` minus `reference_dir` at every validation pass both have written (runs/<run>/eval/val_step<N>.npy),
+    block by block: how a comparison moves over training, readable while a run is still going."""
+    from moe.scaling.plots import read_metrics
+
+    if data_key(run_dir) != data_key(reference_dir):
+        raise SystemExit(f"error: {run_dir} and {reference_dir} scored other validation blocks (their data.json)")
+    rows = []
+    for record in read_metrics(run_dir)[1]:
+        mine, theirs = (d / "eval" / f"val_step{record['step']}.npy" for d in (run_dir, reference_dir))
+        if mine.is_file() and theirs.is_file():
+            a, b = np.load(mine).astype(float), np.load(theirs).astype(float)  # [blocks] each
+            diff = a - b
+            rows.append(
+                {
+                    "step": record["step"],
+                    "tokens": record["tokens"],
+                    "loss": float(a.mean()),
+                    "reference_loss": float(b.mean()),
+                    "paired_diff": float(diff.mean()),
+                    "paired_se": float(diff.std(ddof=1) / np.sqrt(len(diff))),
+                }
+            )
+    return rows
+
+
 def paired(a: dict, b: dict) -> tuple[float, float] | None:
     """Mean and standard error of a's final block losses minus b's (the same blocks), or None: either has no block
     losses, or they scored other data (summaries written before `data` existed share theirs)."""
@@ -449,7 +475,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--summaries", type=Path, default=SUMMARIES)
     p.add_argument("--json", type=Path, default=REPO / "benchmarks/results/moe_vs_dense_study.json")
     p.add_argument("--docs", type=Path, default=REPO / "docs", help="where the tables and figures go")
+    p.add_argument(
+        "--paired", nargs=2, type=Path, metavar=("RUN", "REFERENCE"), help="RUN minus REFERENCE at every shared pass"
+    )
     args = p.parse_args(argv)
+    if args.paired:
+        print("| step | tokens | loss | reference loss | paired diff ± s.e. |\n|---|---|---|---|---|")
+        for r in paired_curve(*args.paired):
+            print(
+                f"| {r['step']} | {r['tokens']:,} | {r['loss']:.4f} | {r['reference_loss']:.4f} "
+                f"| {r['paired_diff']:+.4f} ± {r['paired_se']:.4f} |"
+            )
+        return 0
     args.summaries.mkdir(parents=True, exist_ok=True)
     for run_dir in args.runs:
         if run_dir.name.startswith(STUDY) and (run_dir / "metrics.jsonl").is_file():

@@ -13,6 +13,7 @@ from benchmarks.moe_vs_dense import (
     ablation_rows,
     lr_rows,
     paired,
+    paired_curve,
     report,
     scaling_fit,
     study_rows,
@@ -139,6 +140,22 @@ def test_the_grids_train_and_the_report_reads_them(study_runs, tmp_path):
     assert "cpu-study-dense-seed1235" in result["seed_noise"] and result["verdict"]["top1_experts"] == [4, 8, 16, 32]
     assert {p.name for p in docs.glob("*.png")} == {f"moe_vs_dense_{f}.png" for f in ("curves", "experts", "load")}
     assert "| cpu-study-moe-e32 |" in (docs / "moe_vs_dense_results.md").read_text()
+
+
+def test_paired_curve_reads_every_shared_pass_of_two_runs(study_runs, tmp_path):
+    moe, dense = study_runs / "cpu-study-moe-e8", study_runs / "cpu-study-dense"
+    rows = paired_curve(moe, dense)
+    steps = sorted(int(p.stem.removeprefix("val_step")) for p in (dense / "eval").glob("val_step*.npy"))
+    assert [r["step"] for r in rows] == steps and len(steps) >= 2  # a pass at step 0 and every step after
+    last = np.load(moe / "eval" / f"val_step{steps[-1]}.npy") - np.load(dense / "eval" / f"val_step{steps[-1]}.npy")
+    assert rows[-1]["paired_diff"] == pytest.approx(float(last.mean())) and rows[-1]["paired_se"] > 0
+    proc = run([sys.executable, "benchmarks/moe_vs_dense.py", "--paired", str(moe), str(dense)], timeout=120)
+    assert proc.returncode == 0 and f"| {steps[-1]} | " in proc.stdout, explain(proc)
+    other = tmp_path / "other"  # the dense run as if scored in another environment
+    other.mkdir()
+    (other / "data.json").write_text(json.dumps({"sources": [{"shards": "/elsewhere/0123456789abcdef"}]}))
+    with pytest.raises(SystemExit, match="other validation blocks"):
+        paired_curve(moe, other)
 
 
 def test_tokens_to_reach_interpolates_between_passes():
