@@ -3,6 +3,7 @@
     python launch/sweep.py recipes/scaling/cpu_study_lr.yaml --parallel auto   # the learning rate per family
     python launch/sweep.py recipes/scaling/cpu_study.yaml --parallel auto      # the study
     python benchmarks/moe_vs_dense.py runs/cpu-study-*                         # summarize them, then the report
+    python benchmarks/moe_vs_dense.py --paired runs/RUN runs/REFERENCE          # two runs, pass by pass, under way
 
 Step 1, every run folder given is summarized into benchmarks/results/moe_vs_dense_study/<run>.json: its validation
 curve (tokens, loss, standard error), the training-sample curve, the final pass's loss of every validation block,
@@ -266,8 +267,12 @@ def seeds(r: dict) -> tuple[int, int]:
 
 def config_key(r: dict, leave_out: tuple[str, ...] = ()) -> tuple:
     """Everything but the seeds (and `leave_out`): the architecture, the routing settings, the rate, the length."""
-    shared = tuple(r.get(k) for k in CONFIG_KEYS if k not in leave_out)
-    return shared + tuple(r.get(k, v) for k, v in ROUTING_DEFAULTS.items())
+    return tuple(r.get(k) for k in CONFIG_KEYS if k not in leave_out) + routing(r)
+
+
+def routing(r: dict) -> tuple:
+    """The routing settings (ROUTING_DEFAULTS' keys), the default where a summary predates one."""
+    return tuple(r.get(k, default) for k, default in ROUTING_DEFAULTS.items())
 
 
 def changes(r: dict, base: dict) -> str:
@@ -309,10 +314,6 @@ def verdict(rows: list[dict], noise: dict) -> dict:
         "top1_final_losses": losses,
         "top1_falls_with_experts": len(losses) > 1 and all(b < a for a, b in itertools.pairwise(losses)),
     }
-
-
-def routing(r: dict) -> tuple:
-    return tuple(r.get(k, default) for k, default in ROUTING_DEFAULTS.items())
 
 
 def _order(r: dict) -> tuple:
