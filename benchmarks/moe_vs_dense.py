@@ -150,18 +150,23 @@ def paired_curve(run_dir: Path, reference_dir: Path) -> list[dict]:
         mine, theirs = (d / "eval" / f"val_step{record['step']}.npy" for d in (run_dir, reference_dir))
         if mine.is_file() and theirs.is_file():
             a, b = np.load(mine).astype(float), np.load(theirs).astype(float)  # [blocks] each
-            diff = a - b
+            diff, se = mean_and_se(a - b)
             rows.append(
                 {
                     "step": record["step"],
                     "tokens": record["tokens"],
                     "loss": float(a.mean()),
                     "reference_loss": float(b.mean()),
-                    "paired_diff": float(diff.mean()),
-                    "paired_se": float(diff.std(ddof=1) / np.sqrt(len(diff))),
+                    "paired_diff": diff,
+                    "paired_se": se,
                 }
             )
     return rows
+
+
+def mean_and_se(diff: np.ndarray) -> tuple[float, float]:
+    """A paired difference over blocks ([blocks]): its mean and standard error, std(diff) / sqrt(n)."""
+    return float(diff.mean()), float(diff.std(ddof=1) / np.sqrt(len(diff)))
 
 
 def paired(a: dict, b: dict) -> tuple[float, float] | None:
@@ -169,8 +174,8 @@ def paired(a: dict, b: dict) -> tuple[float, float] | None:
     losses, or they scored other data (summaries written before `data` existed share theirs)."""
     if a["final_block_losses"] is None or b["final_block_losses"] is None or a.get("data") != b.get("data"):
         return None
-    diff = np.asarray(a["final_block_losses"], dtype=float) - np.asarray(b["final_block_losses"], dtype=float)
-    return float(diff.mean()), float(diff.std(ddof=1) / np.sqrt(len(diff)))
+    mine, theirs = (np.asarray(r["final_block_losses"], dtype=float) for r in (a, b))  # [blocks] each
+    return mean_and_se(mine - theirs)
 
 
 def load_summaries(folder: Path = SUMMARIES) -> list[dict]:
@@ -225,7 +230,7 @@ def study_rows(runs: list[dict]) -> tuple[list[dict], dict]:
             {
                 **{k: r[k] for k in ("name", "kind", "matched", "num_experts", "top_k", "expert_d_ff", "lr", "seed")},
                 **{k: r[k] for k in ("active_params", "total_params", "train_flops_per_token")},
-                **{k: r.get(k, default) for k, default in ROUTING_DEFAULTS.items()},
+                **dict(zip(ROUTING_DEFAULTS, routing(r))),
                 "tokens": r["val"][-1][0],
                 "final_val_loss": r["val"][-1][1],
                 "final_val_loss_se": r["val"][-1][2],
