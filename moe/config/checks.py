@@ -122,6 +122,11 @@ def _check_source(s: SourceConfig, where: str) -> None:
         raise ConfigError(f"{where}source=files needs {where}files: a list of .txt/.jsonl/.json/.parquet paths")
     if s.source == "hf" and not s.name:
         raise ConfigError(f"{where}source=hf needs {where}name: a datasets name or a local dataset folder")
+    if s.packages is not None:
+        if s.source != "site_packages":
+            raise ConfigError(f"{where}packages selects the distributions of source=site_packages, not of {s.source}")
+        if not s.packages or not all(isinstance(n, str) and n for n in s.packages):
+            raise ConfigError(f"{where}packages must be a non-empty list of distribution names, got {s.packages!r}")
     if s.max_documents is not None and s.max_documents < 1:
         raise ConfigError(f"{where}max_documents must be positive, got {s.max_documents}")
 

@@ -74,6 +74,7 @@ class SourceConfig:
     config_name: str | None = None  # source=hf: the dataset's config
     files: list[str] = field(default_factory=list)  # source=files: .txt/.jsonl/.json/.parquet paths
     text_field: str = "text"
+    packages: list[str] | None = None  # source=site_packages: only these distributions' files (None = every one)
     max_documents: int | None = None  # cap the corpus (tests, smoke runs)
     weight: float = 1.0  # in a data.mixture: this source's share of the training samples (normalized)
     label: str | None = None  # its name in metrics (tokens/<label>); None = the source (files0, hf1 if repeated)

@@ -23,7 +23,7 @@ LOCAL_BUILDERS = {".txt": "text", ".jsonl": "json", ".json": "json", ".parquet":
 
 def load_documents(cfg: SourceConfig, num_proc: int = 1) -> datasets.Dataset:
     if cfg.source in PYTHON_SOURCES:
-        return datasets.Dataset.from_list(python_documents(cfg.source, cfg.max_documents, num_proc))
+        return datasets.Dataset.from_list(python_documents(cfg.source, cfg.max_documents, num_proc, cfg.packages))
     if cfg.source == "files":
         builder = _builder_for(cfg.files)
         kwargs = {"sample_by": "document"} if builder == "text" else {}

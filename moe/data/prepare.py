@@ -147,7 +147,7 @@ def corpus_identity(cfg: SourceConfig, val_fraction: float) -> dict:
     """What determines a source's documents; part of every cache key. For the Python sources, their fingerprint."""
     ident = {"source": cfg.source, "max_documents": cfg.max_documents, "val_fraction": val_fraction}
     if cfg.source in PYTHON_SOURCES:
-        ident["fingerprint"] = fingerprint(source_files(cfg.source), cfg.source)
+        ident["fingerprint"] = fingerprint(source_files(cfg.source, cfg.packages), cfg.source, cfg.packages)
     elif cfg.source == "files":
         paths = [Path(f).expanduser() for f in cfg.files]
         ident["files"] = [(str(p.resolve()), p.stat().st_mtime_ns, p.stat().st_size) for p in paths]

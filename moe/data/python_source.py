@@ -1,12 +1,14 @@
 """The embedded corpora: the Python source of the running environment, with no download.
 
 - `stdlib`: the interpreter's standard library (its test suites excluded) and the `pydoc_data` help topics.
-- `site_packages`: the stdlib plus every installed package (torch, transformers, deepspeed, numpy, ...).
+- `site_packages`: the stdlib plus every installed package (torch, transformers, deepspeed, numpy, ...), or with
+  `packages`, only the files those distributions installed (their RECORD): a corpus that depends on their versions
+  and the Python's, not on whatever else the machine has installed.
 
 Every file's source is a document, and so is each module's, class's and function's docstring. Files are
 deduplicated by content hash (transformers copies code between its models), then docstrings by text. The
 fingerprint (file count, bytes, one hash of the kept files' hashes) identifies the corpus in every cache key and
-in the run folder; it depends on the installed versions, which is the point.
+in the run folder; it depends on the installed versions, which is the point. With `packages`, it names them.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import hashlib
 import sysconfig
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 
 from moe.data.dedup import text_key
@@ -41,20 +44,45 @@ def roots(source: str) -> list[tuple[str, Path]]:
     return [stdlib, *(("site_packages", p) for p in paths if p.is_dir())]
 
 
+def package_versions(packages: list[str]) -> dict[str, str]:
+    """Each named distribution's installed version; ValueError names the first one not installed."""
+    versions = {}
+    for name in packages:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            raise ValueError(f"package {name!r} is not installed") from None
+    return versions
+
+
+def package_files(packages: list[str]) -> set[Path]:
+    """The .py files the named distributions installed, from their RECORD (what pip wrote, nothing added since)."""
+    paths = set()
+    for name in packages:
+        for f in metadata.distribution(name).files or []:
+            if f.suffix == ".py":
+                paths.add(Path(f.locate()).resolve())
+    return paths
+
+
 def _included(rel: Path, root_name: str) -> bool:
     if root_name == "stdlib":
         return not any(part in STDLIB_EXCLUDED_DIRS or part.startswith("config-") for part in rel.parts)
     return "__pycache__" not in rel.parts
 
 
-def source_files(source: str) -> list[SourceFile]:
-    """The corpus's files in a fixed order (root, then path), each distinct content once (its first path)."""
+def source_files(source: str, packages: list[str] | None = None) -> list[SourceFile]:
+    """The corpus's files in a fixed order (root, then path), each distinct content once (its first path); with
+    `packages`, site-packages holds only theirs."""
     seen: set[str] = set()
     files = []
+    allowed = package_files(packages) if packages else None
     for root_name, root in roots(source):
         for path in sorted(root.rglob("*.py")):
             rel = path.relative_to(root)
             if not _included(rel, root_name) or not path.is_file():
+                continue
+            if allowed is not None and root_name == "site_packages" and path.resolve() not in allowed:
                 continue
             data = path.read_bytes()
             digest = hashlib.sha256(data).hexdigest()
@@ -65,10 +93,14 @@ def source_files(source: str) -> list[SourceFile]:
     return files
 
 
-def fingerprint(files: list[SourceFile], source: str) -> dict:
-    """What the corpus is: file count, bytes and a hash over the kept files' hashes, in order."""
+def fingerprint(files: list[SourceFile], source: str, packages: list[str] | None = None) -> dict:
+    """What the corpus is: file count, bytes and a hash over the kept files' hashes, in order; and with
+    `packages`, their versions."""
     digest = hashlib.sha256("".join(f.doc_id + f.digest for f in files).encode()).hexdigest()
-    return {"source": source, "files": len(files), "bytes": sum(f.size for f in files), "sha256": digest}
+    out = {"source": source, "files": len(files), "bytes": sum(f.size for f in files), "sha256": digest}
+    if packages:
+        out["packages"] = package_versions(packages)
+    return out
 
 
 def docstrings(source: str) -> list[str]:
@@ -89,11 +121,13 @@ def _file_documents(item: tuple[str, str]) -> list[dict]:
     return docs
 
 
-def python_documents(source: str, max_documents: int | None = None, num_proc: int = 1) -> list[dict]:
+def python_documents(
+    source: str, max_documents: int | None = None, num_proc: int = 1, packages: list[str] | None = None
+) -> list[dict]:
     """`source`'s documents in a fixed order; a document whose text repeats an earlier one's is dropped (copied
     docstrings, aliased help topics). With a cap, the same prefix as without one (and only as many files are
     parsed as the cap needs)."""
-    files = source_files(source)
+    files = source_files(source, packages)
     items = [(f.doc_id, str(f.path)) for f in files]
     docs: list[dict] = []
     seen: set[bytes] = set()

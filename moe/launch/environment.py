@@ -1,9 +1,9 @@
 """The checks of a resolved run against the machine it will run on, each one ConfigError line before any rank:
-data files (present, not empty, with the text field) and folders, HF names that cannot be loaded here (hub.py),
-the tokenizer, whether the runs folder can be written, a `model.init_from` checkpoint against the recipe, an
-AutoEP family's `model.hf_config` keys, NVMe offload folders and DeepSpeed's async_io op, and optimizers the
-installed DeepSpeed has removed. The resolve step checks values only (moe/config/); these need the disk,
-transformers or DeepSpeed.
+data files (present, not empty, with the text field) and folders, site_packages' named packages (installed), HF
+names that cannot be loaded here (hub.py), the tokenizer, whether the runs folder can be written, a
+`model.init_from` checkpoint against the recipe, an AutoEP family's `model.hf_config` keys, NVMe offload folders
+and DeepSpeed's async_io op, and optimizers the installed DeepSpeed has removed. The resolve step checks values
+only (moe/config/); these need the disk, transformers or DeepSpeed.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-from importlib.metadata import version
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from moe.config import ConfigError, Resolved
@@ -59,6 +59,10 @@ def check_data_paths(d) -> None:
         if source.source == "files":
             for f in source.files:
                 check_data_file(Path(f).expanduser(), source.text_field, f"{where}files")
+        if source.packages:
+            missing = [name for name in source.packages if not installed(name)]
+            if missing:
+                raise ConfigError(f"{where}packages: not installed here: {', '.join(missing)} (pip install them)")
         if source.source == "hf":
             if looks_like_path(source.name) and not Path(source.name).expanduser().exists():
                 raise ConfigError(f"dataset path not found: {source.name} ({where}name)")
@@ -67,6 +71,14 @@ def check_data_paths(d) -> None:
         if looks_like_path(d.tokenizer) and not Path(d.tokenizer).expanduser().exists():
             raise ConfigError(f"tokenizer path not found: {d.tokenizer} (data.tokenizer)")
         check_hub_name(d.tokenizer, "model", "data.tokenizer")
+
+
+def installed(distribution: str) -> bool:
+    try:
+        version(distribution)
+    except PackageNotFoundError:
+        return False
+    return True
 
 
 def check_data_file(path: Path, text_field: str, where: str) -> None:

@@ -36,6 +36,7 @@ TWO_STEPS = (
     "train.train_eval_blocks=16",
     "train.save_interval=0",
     "data.source=stdlib",
+    "data.packages=null",
     "data.max_documents=600",
     "data.vocab_size=1024",
     "data.val_fraction=0.1",

@@ -106,6 +106,8 @@ def test_ds_overrides_are_split_from_recipe_overrides():
         (["moe.noisy_gate_policy=Gaussian"], 2, "noisy_gate_policy must be"),
         (["data.source=files"], 2, "data.source=files needs data.files"),
         (["data.source=hf"], 2, "data.source=hf needs data.name"),
+        (["data.packages=[tqdm]"], 2, "data.packages selects the distributions of source=site_packages, not of stdlib"),
+        (["data.source=site_packages", "data.packages=[]"], 2, "data.packages must be a non-empty list"),
         (["model.n_heads=0"], 2, "model.n_heads must be positive, got 0"),
         (["train.warmup_steps=500"], 2, "train.warmup_steps=500 must be below train.max_steps=300"),
     ],

@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import datasets
 import numpy as np
@@ -9,7 +10,7 @@ from moe.config.schema import DataConfig
 from moe.data import BlockBatches, prepare_data
 from moe.data.corpus import is_validation, load_documents, split_documents
 from moe.data.packing import pack_documents
-from moe.data.python_source import python_documents
+from moe.data.python_source import fingerprint, package_files, python_documents, source_files
 from moe.data.tokenizer import train_bpe
 
 TEXTS = ["def add(a, b):\n    return a + b\n", "Return the sum of two numbers.", "class Foo:\n    pass\n"] * 20
@@ -34,6 +35,27 @@ def test_stdlib_corpus_is_real_text_and_deterministic(stdlib_corpus):
     assert ids[:1000] == [d["doc_id"] for d in python_documents("stdlib", 1000)]  # a cap is the same prefix
     texts = [d["text"] for d in docs if "#" not in d["doc_id"]]
     assert len(set(texts)) == len(texts)  # files deduplicated by content
+
+
+def test_site_packages_of_named_packages_is_their_recorded_files_and_the_stdlib():
+    """`packages` (recipes/study.yaml's pinned runtime) makes a corpus that another install on the machine cannot
+    change: site-packages contributes only the files the named distributions' RECORD lists."""
+    files = source_files("site_packages", ["tqdm", "pyyaml"])
+    stdlib = [f.doc_id for f in files if f.doc_id.startswith("stdlib/")]
+    assert stdlib == [f.doc_id for f in source_files("stdlib")]
+    installed = [f for f in files if f.doc_id.startswith("site_packages/")]
+    assert {f.doc_id.split("/")[1] for f in installed} == {"tqdm", "yaml", "_yaml"}
+    assert {f.path.resolve() for f in installed} <= package_files(["tqdm", "pyyaml"])
+    assert len(installed) > 10
+    import tqdm
+
+    assert len([f for f in installed if f.doc_id.startswith("site_packages/tqdm/")]) == len(
+        [p for p in package_files(["tqdm"]) if Path(tqdm.__file__).parent in p.parents]
+    )
+    prints = fingerprint(files, "site_packages", ["tqdm", "pyyaml"])
+    assert prints["packages"] == {"tqdm": "4.70.1", "pyyaml": "6.0.3"}  # requirements.txt's pins
+    with pytest.raises(ValueError, match="package 'no-such-distribution' is not installed"):
+        fingerprint(files, "site_packages", ["no-such-distribution"])
 
 
 def test_split_is_deterministic_disjoint_and_keeps_docstrings_with_their_module(stdlib_corpus):

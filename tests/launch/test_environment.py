@@ -1,7 +1,7 @@
 """Preflight's checks of a resolved run against this machine (moe/launch/environment.py): data files (present, not
-empty, with the text field) and folders, HF names (moe/launch/hub.py), the runs folder, the tokenizer, a
-model.init_from checkpoint, an AutoEP family's hf_config keys, NVMe folders and DeepSpeed's async_io op. Each is one
-ConfigError line; the resolve step accepts the same values (tests/config/test_resolve.py)."""
+empty, with the text field) and folders, site_packages' named packages, HF names (moe/launch/hub.py), the runs
+folder, the tokenizer, a model.init_from checkpoint, an AutoEP family's hf_config keys, NVMe folders and DeepSpeed's
+async_io op. Each is one ConfigError line; the resolve step accepts the same values (tests/config/test_resolve.py)."""
 
 import json
 
@@ -32,6 +32,10 @@ def refusal(*overrides: str, **kwargs) -> str:
     [
         (["data.source=files", "data.files=[/no/such/file.jsonl]"], "dataset file not found: /no/such/file.jsonl"),
         (["data.source=hf", "data.name=./no/such/dataset"], "dataset path not found: ./no/such/dataset (data.name)"),
+        (
+            ["data.source=site_packages", "data.packages=[tqdm, no-such-distribution]"],
+            "data.packages: not installed here: no-such-distribution (pip install them)",
+        ),
         (["data.tokenizer=/no/such/tokenizer"], "tokenizer path not found: /no/such/tokenizer (data.tokenizer)"),
         (
             ["model.init_from=/nonexistent/model", "data.tokenizer=/nonexistent/model"],
