@@ -24,6 +24,7 @@ far under either run's own (benchmarks/moe_vs_dense_plots.py draws the figures).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import itertools
 import json
 import statistics
@@ -128,14 +129,22 @@ def tokens_to_reach(curve: list[list[float]], target: float) -> float | None:
 
 
 def data_key(run_dir: Path) -> str | None:
-    """What makes the validation blocks: the name of each source's shard folder in runs/<run>/data.json, which is
-    moe.data.prepare's cache key of the corpus fingerprint and split, the tokenizer and the block length.
-    site_packages holds whatever the environment installed, so two machines can score different blocks under one
-    recipe; such runs do not pair."""
+    """What the blocks are: a hash of the token shards' contents (each file's sha256 and the tokenizer's, from the
+    index.json of every source's shard folder in runs/<run>/data.json). site_packages holds whatever the environment
+    installed, so two machines can score different blocks under one recipe; such runs do not pair. Runs of two
+    machines that tokenized the same documents alike do, whatever their cache keys."""
     path = run_dir / "data.json"
     if not path.is_file():
         return None
-    return "+".join(Path(source["shards"]).name for source in json.loads(path.read_text())["sources"])
+    contents = []
+    for source in json.loads(path.read_text())["sources"]:
+        index = Path(source["shards"]) / "index.json"
+        if not index.is_file():
+            raise SystemExit(f"error: {run_dir}: the shards it trained on are not on this machine ({index})")
+        shards = json.loads(index.read_text())
+        files = {split: [f["sha256"] for f in part["files"]] for split, part in shards["splits"].items()}
+        contents.append({"tokenizer": shards["tokenizer_sha256"], "files": files})
+    return hashlib.sha256(json.dumps(contents, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def paired_curve(run_dir: Path, reference_dir: Path) -> list[dict]:

@@ -5,12 +5,14 @@ answers are known."""
 
 import json
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from benchmarks.moe_vs_dense import (
     ablation_rows,
+    data_key,
     lr_rows,
     paired,
     paired_curve,
@@ -112,7 +114,7 @@ def test_the_grids_train_and_the_report_reads_them(study_runs, tmp_path):
     assert proc.returncode == 0, explain(proc)
     result = json.loads(out.read_text())
     keys = {json.loads(p.read_text())["data"] for p in summaries.glob("*.json")}
-    assert len(keys) == 1 and len(keys.pop()) == 16  # every run scored one data set (its data.json)
+    assert len(keys) == 1 and len(keys.pop()) == 16  # every run scored one data set (its shards' contents)
     rows = {r["name"]: r for r in result["study"]}
     assert len(rows) == 12 and not result["study_other_data"]
     assert [r["name"] for r in result["lr_sweep"]] == ["cpu-study-lr-moe-lr0.001"]
@@ -195,6 +197,30 @@ def test_runs_on_other_data_do_not_pair():
     assert paired(a, b) == (0, 0)
     assert paired(a | {"data": "0123456789abcdef"}, b | {"data": "fedcba9876543210"}) is None  # another corpus
     assert paired(a | {"data": "0123456789abcdef"}, b) is None  # a summary from before the key, on unknown data
+
+
+def test_the_data_key_is_the_shards_contents_not_their_cache_folder(tmp_path):
+    """Two machines' caches may name the same shards differently, or one name different shards (site_packages under
+    one recipe): runs pair by what their shards hold."""
+
+    def run_on(shards: str, val_sha: str) -> Path:
+        folder = tmp_path / "shards" / shards
+        folder.mkdir(parents=True, exist_ok=True)
+        splits = {"train": {"files": [{"sha256": "t0"}]}, "val": {"files": [{"sha256": val_sha}]}}
+        (folder / "index.json").write_text(json.dumps({"tokenizer_sha256": "k", "splits": splits}))
+        run_dir = tmp_path / f"run-{shards}-{val_sha}"
+        run_dir.mkdir()
+        (run_dir / "data.json").write_text(json.dumps({"sources": [{"shards": str(folder)}]}))
+        return run_dir
+
+    same = data_key(run_on("aaaa", "v0"))
+    assert data_key(run_on("bbbb", "v0")) == same and len(same) == 16
+    assert data_key(run_on("cccc", "v1")) != same
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    (moved / "data.json").write_text(json.dumps({"sources": [{"shards": str(tmp_path / "no-such-folder")}]}))
+    with pytest.raises(SystemExit, match="the shards it trained on are not on this machine"):
+        data_key(moved)
 
 
 def test_the_ablations_own_moe_baseline_replaces_the_lr_sweeps():
