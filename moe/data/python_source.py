@@ -44,25 +44,23 @@ def roots(source: str) -> list[tuple[str, Path]]:
     return [stdlib, *(("site_packages", p) for p in paths if p.is_dir())]
 
 
+def _distribution(name: str) -> metadata.Distribution:
+    try:
+        return metadata.distribution(name)
+    except metadata.PackageNotFoundError:
+        raise ValueError(f"package {name!r} is not installed") from None
+
+
 def package_versions(packages: list[str]) -> dict[str, str]:
     """Each named distribution's installed version; ValueError names the first one not installed."""
-    versions = {}
-    for name in packages:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            raise ValueError(f"package {name!r} is not installed") from None
-    return versions
+    return {name: _distribution(name).version for name in packages}
 
 
 def package_files(packages: list[str]) -> set[Path]:
     """The .py files the named distributions installed, from their RECORD (what pip wrote, nothing added since)."""
-    paths = set()
-    for name in packages:
-        for f in metadata.distribution(name).files or []:
-            if f.suffix == ".py":
-                paths.add(Path(f.locate()).resolve())
-    return paths
+    return {
+        Path(f.locate()).resolve() for name in packages for f in _distribution(name).files or [] if f.suffix == ".py"
+    }
 
 
 def _included(rel: Path, root_name: str) -> bool:
