@@ -5,6 +5,7 @@ import datasets
 import numpy as np
 import pytest
 import torch
+import tqdm
 
 from moe.config.schema import DataConfig
 from moe.data import BlockBatches, prepare_data
@@ -47,8 +48,6 @@ def test_site_packages_of_named_packages_is_their_recorded_files_and_the_stdlib(
     assert {f.doc_id.split("/")[1] for f in installed} == {"tqdm", "yaml", "_yaml"}
     assert {f.path.resolve() for f in installed} <= package_files(["tqdm", "pyyaml"])
     assert len(installed) > 10
-    import tqdm
-
     assert len([f for f in installed if f.doc_id.startswith("site_packages/tqdm/")]) == len(
         [p for p in package_files(["tqdm"]) if Path(tqdm.__file__).parent in p.parents]
     )
