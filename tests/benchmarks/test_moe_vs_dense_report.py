@@ -154,9 +154,15 @@ def test_paired_curve_reads_every_shared_pass_of_two_runs(study_runs, tmp_path):
     assert rows[-1]["paired_diff"] == pytest.approx(float(last.mean())) and rows[-1]["paired_se"] > 0
     proc = run([sys.executable, "benchmarks/moe_vs_dense.py", "--paired", str(moe), str(dense)], timeout=120)
     assert proc.returncode == 0 and f"| {steps[-1]} | " in proc.stdout, explain(proc)
-    other = tmp_path / "other"  # the dense run as if scored in another environment
+    other = tmp_path / "other"  # the dense run as if scored in another environment: its shards hold other blocks
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    source = json.loads((dense / "data.json").read_text())["sources"][0]
+    index = json.loads((Path(source["shards"]) / "index.json").read_text())
+    index["splits"]["val"]["files"][0]["sha256"] = "0" * 64
+    (shards / "index.json").write_text(json.dumps(index))
     other.mkdir()
-    (other / "data.json").write_text(json.dumps({"sources": [{"shards": "/elsewhere/0123456789abcdef"}]}))
+    (other / "data.json").write_text(json.dumps({"sources": [source | {"shards": str(shards)}]}))
     with pytest.raises(SystemExit, match="other validation blocks"):
         paired_curve(moe, other)
 
