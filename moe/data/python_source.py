@@ -51,6 +51,17 @@ def _distribution(name: str) -> metadata.Distribution:
         raise ValueError(f"package {name!r} is not installed") from None
 
 
+def missing_packages(packages: list[str]) -> list[str]:
+    """The named distributions that are not installed here."""
+    missing = []
+    for name in packages:
+        try:
+            _distribution(name)
+        except ValueError:
+            missing.append(name)
+    return missing
+
+
 def package_versions(packages: list[str]) -> dict[str, str]:
     """Each named distribution's installed version; ValueError names the first one not installed."""
     return {name: _distribution(name).version for name in packages}

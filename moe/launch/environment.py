@@ -11,11 +11,12 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-from importlib.metadata import PackageNotFoundError, version
+from importlib.metadata import version
 from pathlib import Path
 
 from moe.config import ConfigError, Resolved
 from moe.config.memory_saving import offload_devices
+from moe.data.python_source import missing_packages
 from moe.launch.env_vars import not_writable
 from moe.launch.hub import check_hub_name
 
@@ -60,7 +61,7 @@ def check_data_paths(d) -> None:
             for f in source.files:
                 check_data_file(Path(f).expanduser(), source.text_field, f"{where}files")
         if source.packages:
-            missing = [name for name in source.packages if not installed(name)]
+            missing = missing_packages(source.packages)
             if missing:
                 raise ConfigError(f"{where}packages: not installed here: {', '.join(missing)} (pip install them)")
         if source.source == "hf":
@@ -71,14 +72,6 @@ def check_data_paths(d) -> None:
         if looks_like_path(d.tokenizer) and not Path(d.tokenizer).expanduser().exists():
             raise ConfigError(f"tokenizer path not found: {d.tokenizer} (data.tokenizer)")
         check_hub_name(d.tokenizer, "model", "data.tokenizer")
-
-
-def installed(distribution: str) -> bool:
-    try:
-        version(distribution)
-    except PackageNotFoundError:
-        return False
-    return True
 
 
 def check_data_file(path: Path, text_field: str, where: str) -> None:
